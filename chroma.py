@@ -1,0 +1,427 @@
+"""Chroma: the client factory, version detection, collection description and re-creation, paging.
+
+The only module that imports chromadb (and its HTTP transport, httpx).  Every difference between
+Chroma versions lives here.  Errors are translated by class: ``NotFoundError`` becomes
+``CollectionNotFound``; connection failures, timeouts and 502/503/504 become ``ChromaUnavailable``
+(transient); any other error the server returns becomes ``ChromaFailure``.
+
+The default embedding function is never attached: collections are always opened and created with
+``embedding_function=None`` and records always carry their embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+
+from config import Settings
+from errors import ChromaFailure, ChromaUnavailable, CollectionNotFound
+from records import RecordBatch, to_float32
+
+log = logging.getLogger(__name__)
+
+SPARSE_TAG = "$sparse"
+# get(ids=...) fails above 32,763 ids on 1.5.9, whatever the server's max batch size says.
+MAX_IDS_PER_GET = 32_000
+# Measured here (100k x 384): pages of 1,000 read as fast as 5,461 and keep a backup's peak RSS at
+# 281 MB instead of 697 MB.
+READ_BATCH = 1000
+INCLUDE_ALL = ["embeddings", "documents", "metadatas", "uris"]
+HNSW_KEYS = ("space", "ef_construction", "ef_search", "max_neighbors", "resize_factor", "sync_threshold")
+# 0.6.x-era collection metadata keys and their 1.x configuration names.
+LEGACY_HNSW_KEYS = {
+    "hnsw:space": "space",
+    "hnsw:construction_ef": "ef_construction",
+    "hnsw:search_ef": "ef_search",
+    "hnsw:M": "max_neighbors",
+    "hnsw:resize_factor": "resize_factor",
+    "hnsw:sync_threshold": "sync_threshold",
+}
+_TRANSIENT_STATUS = {502, 503, 504}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    from chromadb import errors as chroma_errors
+
+    try:
+        yield
+    except chroma_errors.NotFoundError as error:
+        raise CollectionNotFound(f"{what}: {_first_line(error)}") from error
+    except (httpx.TransportError, ConnectionError, TimeoutError) as error:
+        raise ChromaUnavailable(f"Chroma unreachable during {what}: {type(error).__name__}: {_first_line(error)}") from error
+    except httpx.HTTPStatusError as error:
+        status = error.response.status_code
+        cls = ChromaUnavailable if status in _TRANSIENT_STATUS else ChromaFailure
+        raise cls(f"Chroma answered HTTP {status} during {what}") from error
+    except chroma_errors.ChromaError as error:
+        raise ChromaFailure(f"Chroma error during {what}: {type(error).__name__}: {_first_line(error)}") from error
+    except Exception as error:
+        if type(error) is not Exception:
+            raise
+        # chromadb raises a bare Exception(body) for errors it has no class for, e.g. a 0.6.x
+        # server's {"error": "InvalidCollection", ...}: classify by that error name.
+        name = _error_name(str(error))
+        if name in _NOT_FOUND_ERRORS:
+            raise CollectionNotFound(f"{what}: {name}") from error
+        raise ChromaFailure(f"Chroma error during {what}: {name or _first_line(error)}") from error
+
+
+_NOT_FOUND_ERRORS = {"InvalidCollection", "NotFoundError"}
+
+
+def _error_name(body: str) -> str | None:
+    import json
+
+    try:
+        data = json.loads(body.split(" (trace ID:")[0])
+    except ValueError:
+        return None
+    return data.get("error") if isinstance(data, dict) else None
+
+
+def _raise_unavailable(response: httpx.Response) -> None:
+    """httpx response hook: a gateway/unavailable status is transient, whatever the body says."""
+    if response.status_code in _TRANSIENT_STATUS:
+        raise ChromaUnavailable(f"Chroma answered HTTP {response.status_code} ({response.request.url.path})")
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What it takes to re-create a collection exactly, as read from the server."""
+
+    id: str
+    name: str
+    metadata: dict[str, Any] | None
+    configuration_json: dict[str, Any] | None
+    schema_json: dict[str, Any] | None
+    dimension: int | None
+    server_version: str
+
+    @property
+    def legacy(self) -> bool:
+        """Read from a 0.x server (its configuration_json does not describe the index)."""
+        return bool(self.server_version) and _version_tuple(self.server_version) < (1,)
+
+    @property
+    def index_params(self) -> dict[str, Any]:
+        return index_params(self.metadata, self.configuration_json, legacy_server=self.legacy)
+
+    @property
+    def space(self) -> str:
+        return self.index_params.get("space", "l2")
+
+    @property
+    def user_metadata(self) -> dict[str, Any] | None:
+        """Collection metadata without the legacy index keys (0.6 servers keep the index there)."""
+        plain = {k: v for k, v in (self.metadata or {}).items() if k not in LEGACY_HNSW_KEYS}
+        return plain or None
+
+
+# Chroma's defaults (identical on 0.6.x and 1.x), so parameters read from different servers compare.
+HNSW_DEFAULTS = {"space": "l2", "ef_construction": 100, "ef_search": 100, "max_neighbors": 16,
+                 "resize_factor": 1.2, "sync_threshold": 1000}
+
+
+def index_params(metadata: dict[str, Any] | None, configuration_json: dict[str, Any] | None, *,
+                 legacy_server: bool = False) -> dict[str, Any]:
+    """Distance space and HNSW parameters as actually in force.
+
+    On 1.x the configuration describes the index, except for collections created by 0.6.x: they
+    report ``space: l2`` while the space really used is ``metadata["hnsw:space"]``, so the legacy
+    metadata keys win wherever present.  A 0.6.x server's configuration_json describes nothing
+    (it shows defaults whatever the collection uses): there the metadata keys alone count.
+    """
+    config = {} if legacy_server else (configuration_json or {})
+    hnsw = config.get("hnsw") or {}
+    spann = config.get("spann") or {}
+    if spann and not hnsw:
+        params = {f"spann_{key}": value for key, value in spann.items() if value is not None and key != "space"}
+        params["space"] = spann.get("space") or "l2"
+    else:
+        params = dict(HNSW_DEFAULTS)
+        params.update({key: hnsw[key] for key in HNSW_KEYS if hnsw.get(key) is not None})
+    for legacy_key, key in LEGACY_HNSW_KEYS.items():
+        if metadata and legacy_key in metadata:
+            params[key] = metadata[legacy_key]
+    return params
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _plain_metadata(metadata: Any) -> dict[str, Any] | None:
+    """Chroma's metadata as plain values; sparse vectors become ``{"$sparse": {...}}``."""
+    if not metadata:
+        return None
+    plain = {}
+    for key, value in metadata.items():
+        if hasattr(value, "indices") and hasattr(value, "values") and not isinstance(value, dict):
+            value = {SPARSE_TAG: {"indices": list(value.indices), "values": [float(v) for v in value.values]}}
+        plain[key] = value
+    return plain
+
+
+def _chroma_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Inverse of ``_plain_metadata``."""
+    if not metadata:
+        return None
+    result = {}
+    for key, value in metadata.items():
+        if isinstance(value, dict) and SPARSE_TAG in value:
+            from chromadb.api.types import SparseVector
+
+            value = SparseVector(indices=value[SPARSE_TAG]["indices"], values=value[SPARSE_TAG]["values"])
+        result[key] = value
+    return result
+
+
+@dataclass
+class ChromaStore:
+    """One Chroma server, tenant and database."""
+
+    client: Any
+    tenant: str
+    database: str
+    address: str
+    server_version: str
+    timeout: float
+    _max_batch: int | None = field(default=None, repr=False)
+
+    @classmethod
+    def connect(cls, settings: Settings, *, host: str | None = None, port: int | None = None,
+                ssl: bool | None = None, timeout: float | None = None) -> "ChromaStore":
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        host = host or settings.chromadb_host
+        port = port or settings.chromadb_port
+        ssl = settings.chromadb_use_ssl if ssl is None else ssl
+        headers = {}
+        if settings.chroma_auth_token:
+            if settings.chroma_auth_header == "X-Chroma-Token":
+                headers["X-Chroma-Token"] = settings.chroma_auth_token
+            else:
+                headers["Authorization"] = f"Bearer {settings.chroma_auth_token}"
+        address = f"{'https' if ssl else 'http'}://{host}:{port}"
+        timeout = timeout or settings.chroma_timeout_seconds
+        try:
+            with _translated(f"connecting to {address}"):
+                client = chromadb.HttpClient(
+                    host=host, port=port, ssl=ssl, headers=headers,
+                    settings=ChromaSettings(anonymized_telemetry=False),
+                    tenant=settings.chroma_tenant, database=settings.chroma_database,
+                )
+                # chromadb's HTTP session has no timeout at all; a hung server would hang us.
+                session = client._server._session
+                session.timeout = httpx.Timeout(timeout)
+                session.event_hooks["response"].append(_raise_unavailable)
+                version = client.get_version()
+        except ValueError as error:  # chromadb's "Could not connect to a Chroma server"
+            raise ChromaUnavailable(f"Chroma unreachable at {address}: {_first_line(error)}") from error
+        return cls(client, settings.chroma_tenant, settings.chroma_database, address, str(version), timeout)
+
+    # -- server ---------------------------------------------------------------------------------
+
+    @property
+    def legacy(self) -> bool:
+        """True for 0.x servers (no configuration/schema on create)."""
+        return _version_tuple(self.server_version) < (1,)
+
+    def heartbeat(self) -> int:
+        with _translated("heartbeat"):
+            return self.client.heartbeat()
+
+    def max_batch_size(self) -> int:
+        if self._max_batch is None:
+            with _translated("reading the max batch size"):
+                self._max_batch = int(self.client.get_max_batch_size())
+        return self._max_batch
+
+    def batch_size(self, wanted: int = 0) -> int:
+        """Records per write: ``wanted`` (0 = as large as allowed) capped by the server's limits."""
+        limit = min(self.max_batch_size(), MAX_IDS_PER_GET)
+        return min(wanted, limit) if wanted > 0 else limit
+
+    def read_batch_size(self, wanted: int = 0) -> int:
+        """Records per read: ``wanted``, or READ_BATCH when 0.  Larger reads are no faster and
+        cost far more memory (the client parses every vector component into a Python float)."""
+        return self.batch_size(wanted or READ_BATCH)
+
+    def list_collection_names(self) -> list[str]:
+        with _translated("listing collections"):
+            collections = self.client.list_collections()
+        return sorted(c if isinstance(c, str) else c.name for c in collections)
+
+    # -- collections ----------------------------------------------------------------------------
+
+    def open(self, name: str) -> Any:
+        with _translated(f"opening collection {name!r}"):
+            return self.client.get_collection(name, embedding_function=None)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.open(name)
+            return True
+        except CollectionNotFound:
+            return False
+
+    def describe(self, collection: Any) -> CollectionInfo:
+        model = getattr(collection, "_model", None)
+        schema = getattr(model, "serialized_schema", None) if model is not None else None
+        config = getattr(model, "configuration_json", None) if model is not None else None
+        if config is None:
+            config = getattr(collection, "configuration_json", None)
+        dimension = getattr(model, "dimension", None) if model is not None else None
+        return CollectionInfo(
+            id=str(collection.id),
+            name=collection.name,
+            metadata=dict(collection.metadata) if collection.metadata else None,
+            configuration_json=_json_safe(config),
+            schema_json=_json_safe(schema),
+            dimension=dimension,
+            server_version=self.server_version,
+        )
+
+    def configured_params(self, collection: Any) -> dict[str, Any]:
+        """The index parameters a 1.x server's configuration says are in force (None on 0.x)."""
+        if self.legacy:
+            return {}
+        return index_params(None, self.describe(collection).configuration_json)
+
+    def create(self, name: str, info: CollectionInfo) -> Any:
+        """Create ``name`` with the saved schema/configuration and metadata of ``info``."""
+        metadata = dict(info.metadata) if info.metadata else None
+        kwargs: dict[str, Any] = {"embedding_function": None}
+        params = info.index_params
+        if self.legacy:
+            # 0.6.x servers reject configuration=...: the legacy metadata keys carry the index.
+            metadata = dict(metadata or {})
+            for legacy_key, key in LEGACY_HNSW_KEYS.items():
+                if key in params:
+                    metadata[legacy_key] = params[key]
+        elif info.schema_json and not _has_legacy_keys(info.metadata):
+            from chromadb.api.types import Schema
+
+            kwargs["schema"] = Schema.deserialize_from_json(info.schema_json)
+        elif not _has_legacy_keys(info.metadata):
+            hnsw = {key: params[key] for key in HNSW_KEYS if key in params}
+            kwargs["configuration"] = {"hnsw": hnsw}
+        with _translated(f"creating collection {name!r}"):
+            return self.client.create_collection(name, metadata=metadata or None, **kwargs)
+
+    def rename(self, collection: Any, new_name: str) -> None:
+        with _translated(f"renaming collection {collection.name!r} to {new_name!r}"):
+            collection.modify(name=new_name)
+
+    def delete(self, name: str) -> None:
+        with _translated(f"deleting collection {name!r}"):
+            self.client.delete_collection(name)
+
+    # -- records --------------------------------------------------------------------------------
+
+    def count(self, collection: Any) -> int:
+        with _translated(f"counting {collection.name!r}"):
+            return int(collection.count())
+
+    def list_ids(self, collection: Any) -> list[str]:
+        """Every id, cheaply (no content): the consistent enumeration a backup pages over."""
+        with _translated(f"listing ids of {collection.name!r}"):
+            return list(collection.get(include=[])["ids"])
+
+    def fetch(self, collection: Any, ids: list[str]) -> RecordBatch:
+        """The full records for ``ids`` (missing ids are skipped; order is the server's)."""
+        with _translated(f"reading records of {collection.name!r}"):
+            result = collection.get(ids=ids, include=INCLUDE_ALL)
+        found = list(result["ids"])
+        n = len(found)
+        embeddings = result.get("embeddings")
+        documents = result.get("documents") or [None] * n
+        metadatas = result.get("metadatas") or [None] * n
+        uris = result.get("uris") or [None] * n
+        return RecordBatch(
+            ids=found,
+            embeddings=to_float32(embeddings) if n else np.zeros((0, 0), "<f4"),
+            documents=list(documents),
+            metadatas=[_plain_metadata(m) for m in metadatas],
+            uris=list(uris),
+        )
+
+    def add(self, collection: Any, batch: RecordBatch) -> None:
+        if not len(batch):
+            return
+        if self.legacy:
+            _refuse_lists(batch)
+        documents = batch.documents if any(d is not None for d in batch.documents) else None
+        metadatas = [_chroma_metadata(m) for m in batch.metadatas]
+        uris = batch.uris if any(u is not None for u in batch.uris) else None
+        with _translated(f"adding records to {collection.name!r}"):
+            collection.add(
+                ids=batch.ids,
+                embeddings=batch.embeddings,
+                documents=documents,
+                metadatas=metadatas if any(m is not None for m in metadatas) else None,
+                uris=uris,
+            )
+
+    def upsert(self, collection: Any, batch: RecordBatch) -> None:
+        """Insert or replace records (the demo changes records with it)."""
+        with _translated(f"upserting records into {collection.name!r}"):
+            collection.upsert(ids=batch.ids, embeddings=batch.embeddings, documents=batch.documents,
+                              metadatas=[_chroma_metadata(m) for m in batch.metadatas])
+
+    def delete_records(self, collection: Any, ids: list[str]) -> None:
+        with _translated(f"deleting records from {collection.name!r}"):
+            collection.delete(ids=ids)
+
+    def query(self, collection: Any, embeddings: np.ndarray, n_results: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Nearest ids and distances for each query embedding (never query_texts)."""
+        with _translated(f"querying {collection.name!r}"):
+            result = collection.query(query_embeddings=embeddings, n_results=n_results, include=["distances"])
+        return [list(ids) for ids in result["ids"]], [list(d) for d in result["distances"]]
+
+    def sample_ids(self, collection: Any, n: int) -> list[str]:
+        """The first ``n`` ids (a probe sample when no snapshot exists yet)."""
+        with _translated(f"listing ids of {collection.name!r}"):
+            return list(collection.get(limit=n, include=[])["ids"])
+
+
+def _refuse_lists(batch: RecordBatch) -> None:
+    """0.6.x servers accept list-valued metadata and silently drop it: refuse before writing."""
+    for record_id, metadata in zip(batch.ids, batch.metadatas):
+        for key, value in (metadata or {}).items():
+            if isinstance(value, list):
+                raise ChromaFailure(
+                    f"this Chroma 0.x server would silently drop list-valued metadata (record {record_id!r}, "
+                    f"key {key!r}); restore into a 1.x server instead"
+                )
+
+
+def _has_legacy_keys(metadata: dict[str, Any] | None) -> bool:
+    return bool(metadata) and any(key in metadata for key in LEGACY_HNSW_KEYS)
+
+
+def _json_safe(value: Any) -> Any:
+    """A JSON-serialisable copy (configuration objects may hold non-JSON leaves)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return str(value)

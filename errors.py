@@ -1,0 +1,65 @@
+"""The one error tree of the program.
+
+Store modules (``db.py``, ``chroma.py``) translate driver errors into these classes; the domain
+raises them; ``main()`` alone turns them into exit codes.  ``transient`` marks errors worth
+retrying (the service may come back); everything else fails the run at once.
+"""
+
+
+class BackupError(Exception):
+    """Base of every error this program raises on purpose."""
+
+    exit_code = 1
+    transient = False
+
+
+class ConfigError(BackupError):
+    """A setting or command-line value is invalid (exit code 2)."""
+
+    exit_code = 2
+
+
+class UsageError(BackupError):
+    """The command line asks for something that cannot be done as asked (exit code 2)."""
+
+    exit_code = 2
+
+
+class ChromaUnavailable(BackupError):
+    """The Chroma server cannot be reached (refused, reset, timed out, 502/503/504)."""
+
+    transient = True
+
+
+class PostgresUnavailable(BackupError):
+    """PostgreSQL cannot be reached or the connection was lost."""
+
+    transient = True
+
+
+class ChromaFailure(BackupError):
+    """The Chroma server answered with an error for a collection (a damaged index, say)."""
+
+
+class CollectionNotFound(BackupError):
+    """The named Chroma collection does not exist."""
+
+
+class CollectionExists(BackupError):
+    """The restore target exists and --overwrite was not given."""
+
+
+class CollectionBusy(BackupError):
+    """Another backup or restore of the same collection holds its lock."""
+
+
+class SnapshotNotFound(BackupError):
+    """No snapshot matches the request."""
+
+
+class VerificationFailed(BackupError):
+    """A restored or live collection does not match its snapshot."""
+
+
+class Interrupted(BackupError):
+    """A shutdown was requested while a run was in progress."""

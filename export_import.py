@@ -1,0 +1,625 @@
+"""The domain: backup (export), restore (import), verify and prune.
+
+Every function takes the stores as arguments (a ``chroma.ChromaStore`` and a ``db.Database``), so
+the same code serves the CLI, the daemon, the demo and the tests.  Invariants (DESIGN.md §3-§4):
+commit-last snapshots, ids-first enumeration, bounded memory, exact float32, incremental record
+versions, restore into a temporary collection that is verified before it takes the target's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from chroma import ChromaStore, CollectionInfo
+from db import Database, Snapshot
+from errors import (BackupError, CollectionBusy, CollectionExists, Interrupted,
+                    SnapshotNotFound, VerificationFailed)
+from records import ContentDigest, RecordBatch, batch_rows, decode_metadata, encode_metadata
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[int], None]
+EXAMPLES = 5  # example ids reported per kind of difference
+
+
+def _no_progress(_: int) -> None:
+    pass
+
+
+def _check_stop(stop: threading.Event | None, what: str) -> None:
+    if stop is not None and stop.is_set():
+        raise Interrupted(f"{what} interrupted by shutdown")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# -- read-ahead ---------------------------------------------------------------------------------
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    Lets one store be read while the other is written.  An error in the producer is re-raised in
+    the consumer; a consumer that stops early cancels the producer (and closes ``items``).
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    cancel = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not cancel.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as error:  # handed over to the consumer
+            put(_Failure(error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        cancel.set()
+        thread.join()
+
+
+def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+# -- backup -------------------------------------------------------------------------------------
+
+@dataclass
+class BackupResult:
+    collection: str
+    status: str  # complete | failed | skipped
+    snapshot_id: int | None = None
+    records: int = 0
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    dimension: int | None = None
+    digest: str | None = None
+    bytes_written: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, *, force: bool = False,
+                                  health: str | None = None, batch_size: int = 0,
+                                  progress: Progress | None = None,
+                                  stop: threading.Event | None = None) -> BackupResult:
+    """Back up one collection as a new snapshot; only changed records are written.
+
+    Raises ``CollectionNotFound`` (no snapshot row is made), ``CollectionBusy``, ``Interrupted`` or
+    a store error; any failure after the snapshot row exists marks that row ``failed`` and leaves
+    no record change behind (the changes and the flip to ``complete`` commit together).
+    """
+    progress = progress or _no_progress
+    started = time.monotonic()
+    with db.collection_lock(chroma.tenant, chroma.database, name):
+        collection = chroma.open(name)
+        info = chroma.describe(collection)
+        ref = db.collection_ref(chroma.tenant, chroma.database, name, create=True)
+        db.fail_stale_runs(ref)
+        snapshot_id = db.begin_snapshot(ref, forced=force, health=health)
+        step = "reading the previous snapshot"
+        try:
+            previous = db.record_digests(ref)
+            step = "listing ids"
+            ids = chroma.list_ids(collection)
+            size = chroma.read_batch_size(batch_size)
+            content = ContentDigest()
+            added = updated = 0
+            dimension: int | None = None
+            step = "copying records"
+            with db.snapshot_writer(ref, snapshot_id) as writer:
+                fetches = (chroma.fetch(collection, chunk) for chunk in _batches(ids, size))
+                for batch in prefetch(fetches):
+                    _check_stop(stop, "backup")
+                    if len(batch) and dimension is None:
+                        dimension = int(batch.embeddings.shape[1])
+                    new_rows, changed = [], []
+                    for row in batch_rows(batch):
+                        record_id, digest = row[0], row[5]
+                        content.add(digest)
+                        before = previous.pop(record_id, None)
+                        if before is None:
+                            added += 1
+                            new_rows.append(row)
+                        elif before != digest:
+                            updated += 1
+                            changed.append(record_id)
+                            new_rows.append(row)
+                    writer.close_versions(changed)
+                    writer.insert_versions(new_rows)
+                    progress(len(batch))
+                # Whatever the previous snapshot had and the listing no longer returns is deleted.
+                deleted = writer.close_versions(previous.keys())
+                step = "committing"
+                writer.complete(
+                    records=content.count, added=added, updated=updated, deleted=deleted,
+                    dimension=dimension or info.dimension, content_digest=content.digest(),
+                    chroma_collection_id=info.id, collection_metadata_json=encode_metadata(info.metadata),
+                    configuration_json=info.configuration_json, schema_json=info.schema_json,
+                    server_version=info.server_version,
+                )
+        except BaseException as error:
+            message = f"{step}: {type(error).__name__}: {_first_line(error)}"
+            try:
+                db.fail_snapshot(snapshot_id, message)
+            except BackupError as second:
+                log.error("backup collection=%s snapshot=%d could not be marked failed: %s "
+                          "(the next run will)", name, snapshot_id, second)
+            raise
+        if updated or deleted:
+            db.vacuum_records()
+    return BackupResult(
+        collection=name, status="complete", snapshot_id=snapshot_id, records=content.count, added=added,
+        updated=updated, deleted=deleted, dimension=dimension or info.dimension, digest=content.hexdigest(),
+        bytes_written=writer.bytes_written, seconds=time.monotonic() - started,
+    )
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    expected: int
+    live: int
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    rounded: int = 0  # cosine space: embeddings within COSINE_ULP_TOLERANCE, all else identical
+    content_digest: str = ""
+
+    @property
+    def identical(self) -> bool:
+        return not (self.missing or self.extra or self.changed)
+
+
+# Chroma 1.5.9 rewrites every vector it stores in a cosine collection (measured here: up to 1 unit
+# in the last place per component on each write, also when the same bits are written back), so
+# no client can restore a cosine collection bit for bit.  Verify allows that much there, and
+# nowhere else.
+COSINE_ULP_TOLERANCE = 2
+StoredLoader = Callable[[list[str]], Iterable[RecordBatch]]
+
+
+def _within_ulps(a: bytes, b: bytes, ulps: int) -> bool:
+    x = np.frombuffer(a, dtype="<i4").astype(np.int64)
+    y = np.frombuffer(b, dtype="<i4").astype(np.int64)
+    return x.shape == y.shape and bool(np.all(np.abs(x - y) <= ulps))
+
+
+def _rounded_only(live_rows: dict[str, tuple], stored: Iterable[RecordBatch], ulps: int) -> set[str]:
+    """Ids whose live record equals the stored one except for embeddings within ``ulps``."""
+    rounded = set()
+    for batch in stored:
+        for row in batch_rows(batch):
+            live = live_rows.get(row[0])
+            if live is not None and live[2:5] == row[2:5] and _within_ulps(live[1], row[1], ulps):
+                rounded.add(row[0])
+    return rounded
+
+
+def _compare_batch(batch: RecordBatch, remaining: dict[str, bytes], result: Comparison, content: ContentDigest,
+                   load_stored: StoredLoader | None) -> None:
+    """Check one batch of live records against the expected digests (consumed from ``remaining``);
+    with ``load_stored`` (cosine space), digest mismatches that are only re-rounded vectors count
+    as ``rounded``."""
+    suspects: dict[str, tuple] = {}
+    for row in batch_rows(batch):
+        record_id, digest = row[0], row[5]
+        content.add(digest)
+        if remaining.pop(record_id, None) != digest:
+            suspects[record_id] = row
+    if suspects and load_stored is not None:
+        rounded = _rounded_only(suspects, load_stored(list(suspects)), COSINE_ULP_TOLERANCE)
+        result.rounded += len(rounded)
+        result.changed.extend(rid for rid in suspects if rid not in rounded)
+    else:
+        result.changed.extend(suspects)
+
+
+def compare_collection(chroma: ChromaStore, collection: Any, expected: dict[str, bytes], *,
+                       space: str = "l2", load_stored: StoredLoader | None = None, batch_size: int = 0,
+                       progress: Progress | None = None, stop: threading.Event | None = None) -> Comparison:
+    """Record-by-record comparison of a live collection with expected digests.
+
+    In a cosine collection, records whose digest differs are looked up with ``load_stored`` and
+    count as ``rounded`` (not ``changed``) when only their embeddings differ, by at most
+    ``COSINE_ULP_TOLERANCE`` units in the last place.
+    """
+    progress = progress or _no_progress
+    live_ids = chroma.list_ids(collection)
+    remaining = dict(expected)
+    result = Comparison(expected=len(expected), live=len(live_ids))
+    known = []
+    for record_id in live_ids:
+        if record_id in remaining:
+            known.append(record_id)
+        else:
+            result.extra.append(record_id)
+    content = ContentDigest()
+    size = chroma.read_batch_size(batch_size)
+    loader = load_stored if space == "cosine" else None
+    fetches = (chroma.fetch(collection, chunk) for chunk in _batches(known, size))
+    for batch in prefetch(fetches):
+        _check_stop(stop, "verify")
+        _compare_batch(batch, remaining, result, content, loader)
+        progress(len(batch))
+    result.missing = list(remaining)
+    result.content_digest = content.hexdigest()
+    return result
+
+
+class _ReadBackVerifier:
+    """Verifies a restore while it is written: each added batch is read back and compared in a
+    thread of its own while the next batch is being added; ``finish`` then lists the collection's
+    ids to catch missing and extra records."""
+
+    def __init__(self, chroma: ChromaStore, collection: Any, expected: dict[str, bytes],
+                 load_stored: StoredLoader | None):
+        self.chroma = chroma
+        self.collection = collection
+        self.remaining = dict(expected)
+        self.expected_ids = expected.keys()
+        self.load_stored = load_stored
+        self.result = Comparison(expected=len(expected), live=0)
+        self.content = ContentDigest()
+        self.pending: queue.Queue = queue.Queue(maxsize=2)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="restore-verify", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        size = self.chroma.read_batch_size()
+        while True:
+            ids = self.pending.get()
+            if ids is None:
+                return
+            if self.failure is not None:
+                continue  # keep draining so submit() never blocks
+            try:
+                for chunk in _batches(ids, size):
+                    batch = self.chroma.fetch(self.collection, chunk)
+                    _compare_batch(batch, self.remaining, self.result, self.content, self.load_stored)
+            except BaseException as error:  # handed to finish()
+                self.failure = error
+
+    def submit(self, ids: list[str]) -> None:
+        self.pending.put(list(ids))
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.pending.put(None)
+            self.thread.join()
+
+    def finish(self) -> Comparison:
+        self.close()
+        if self.failure is not None:
+            raise self.failure
+        live_ids = self.chroma.list_ids(self.collection)
+        self.result.live = len(live_ids)
+        self.result.extra = [rid for rid in live_ids if rid not in self.expected_ids]
+        self.result.missing = list(self.remaining)
+        self.result.content_digest = self.content.hexdigest()
+        return self.result
+
+
+def _index_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    return [f"{key}: expected {expected.get(key)!r}, got {actual.get(key)!r}"
+            for key in sorted(set(expected) | set(actual)) if expected.get(key) != actual.get(key)]
+
+
+def collection_differences(expected: CollectionInfo, actual: CollectionInfo) -> list[str]:
+    """Index parameters and (typed) collection metadata that differ; legacy index keys, which
+    only say where a 0.6 server keeps its index parameters, are compared as parameters."""
+    differences = _index_differences(expected.index_params, actual.index_params)
+    if encode_metadata(expected.user_metadata) != encode_metadata(actual.user_metadata):
+        differences.append(f"collection metadata: expected {expected.user_metadata!r}, got {actual.user_metadata!r}")
+    return differences
+
+
+@dataclass
+class VerifyResult:
+    collection: str
+    target: str
+    snapshot_id: int
+    identical: bool
+    expected_records: int
+    live_records: int
+    missing: int
+    extra: int
+    changed: int
+    rounded: int
+    examples: dict[str, list[str]]
+    space: str
+    index_differences: list[str]
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+def snapshot_info(snapshot: Snapshot) -> CollectionInfo:
+    """What a snapshot saved of its collection, in the form ``chroma.py`` re-creates from."""
+    return CollectionInfo(
+        id=snapshot.chroma_collection_id or "",
+        name=snapshot.collection,
+        metadata=decode_metadata(snapshot.collection_metadata_json),
+        configuration_json=snapshot.configuration_json,
+        schema_json=snapshot.schema_json,
+        dimension=snapshot.dimension,
+        server_version=snapshot.server_version or "",
+    )
+
+
+def resolve_snapshot(db: Database, tenant: str, database: str, name: str, *, snapshot_id: int | None = None,
+                     at: datetime | None = None, healthy_only: bool = False) -> Snapshot:
+    """The snapshot a restore or verify means: by id, newest at or before ``at``, or newest."""
+    ref = db.collection_ref(tenant, database, name)
+    if ref is None:
+        raise SnapshotNotFound(f"no backups of collection {name!r} (tenant {tenant}, database {database})")
+    if snapshot_id is not None:
+        snapshot = db.get_snapshot(snapshot_id)
+        if snapshot is None or snapshot.collection_ref != ref:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} is not a snapshot of collection {name!r}")
+        if snapshot.status != "complete":
+            raise SnapshotNotFound(f"snapshot {snapshot_id} is {snapshot.status}, not complete")
+        return snapshot
+    snapshot = db.latest_complete(ref, at=at, healthy_only=healthy_only)
+    if snapshot is None:
+        when = f" at or before {at.isoformat()}" if at else ""
+        raise SnapshotNotFound(f"no complete snapshot of collection {name!r}{when}")
+    return snapshot
+
+
+def _stored_loader(db: Database, snapshot: Snapshot) -> StoredLoader:
+    def load(record_ids: list[str]) -> Iterable[RecordBatch]:
+        return db.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, len(record_ids) or 1,
+                                        record_ids=record_ids)
+    return load
+
+
+def verify_collection(chroma: ChromaStore, db: Database, name: str, *, snapshot_id: int | None = None,
+                      target: str | None = None, tenant: str | None = None, database: str | None = None,
+                      progress: Progress | None = None) -> VerifyResult:
+    """Compare the live collection ``target`` (default ``name``) with a snapshot of ``name``."""
+    started = time.monotonic()
+    tenant, database = tenant or chroma.tenant, database or chroma.database
+    snapshot = resolve_snapshot(db, tenant, database, name, snapshot_id=snapshot_id)
+    target = target or name
+    collection = chroma.open(target)
+    expected = db.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
+    info = snapshot_info(snapshot)
+    comparison = compare_collection(chroma, collection, expected, space=info.space,
+                                    load_stored=_stored_loader(db, snapshot), progress=progress)
+    differences = collection_differences(info, chroma.describe(collection))
+    return VerifyResult(
+        collection=name, target=target, snapshot_id=snapshot.snapshot_id,
+        identical=comparison.identical and not differences,
+        expected_records=comparison.expected, live_records=comparison.live,
+        missing=len(comparison.missing), extra=len(comparison.extra), changed=len(comparison.changed),
+        rounded=comparison.rounded, examples={"missing": comparison.missing[:EXAMPLES], "extra": comparison.extra[:EXAMPLES],
+                  "changed": comparison.changed[:EXAMPLES]},
+        space=info.space, index_differences=differences, seconds=time.monotonic() - started,
+    )
+
+
+# -- restore ------------------------------------------------------------------------------------
+
+@dataclass
+class RestoreResult:
+    snapshot_id: int
+    source: str
+    target: str
+    records: int
+    verified: bool
+    seconds: float
+    dry_run: bool = False
+    replaced: bool = False
+    target_exists: bool = False
+    space: str = "l2"
+    server: str = ""
+    restore_id: int | None = None
+    rounded: int = 0  # cosine space: records whose vectors Chroma re-rounded (see COSINE_ULP_TOLERANCE)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+def temporary_name(target: str, snapshot_id: int) -> str:
+    """Where a restore is built before it takes the target's name (valid Chroma name)."""
+    suffix = f"-restoring-{snapshot_id}"
+    return target[:512 - len(suffix)] + suffix
+
+
+def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, target: str,
+                              snapshot_id: int | None = None, at: datetime | None = None,
+                              overwrite: bool = False, dry_run: bool = False, trigger: str = "cli",
+                              reason: str | None = None, tenant: str | None = None,
+                              database: str | None = None, batch_size: int = 0,
+                              progress: Progress | None = None,
+                              stop: threading.Event | None = None) -> RestoreResult:
+    """Restore a snapshot of collection ``name`` into ``target`` on ``chroma``, verified.
+
+    The collection is re-created with the saved configuration/schema and metadata, filled in a
+    temporary collection, verified record by record (and its index parameters read back), and only
+    then given the target's name, replacing an existing target when ``overwrite``.  A failure
+    deletes the temporary collection and leaves the target as it was.
+    """
+    started = time.monotonic()
+    tenant, database = tenant or chroma.tenant, database or chroma.database
+    snapshot = resolve_snapshot(db, tenant, database, name, snapshot_id=snapshot_id, at=at)
+    info = snapshot_info(snapshot)
+    exists = chroma.exists(target)
+    result = RestoreResult(snapshot_id=snapshot.snapshot_id, source=name, target=target,
+                           records=snapshot.records or 0, verified=False, seconds=0.0, dry_run=dry_run,
+                           target_exists=exists, space=info.space, server=chroma.address)
+    if exists and not overwrite:
+        raise CollectionExists(
+            f"target collection {target!r} already exists; pass --overwrite to replace it "
+            "(the restore is built and verified first) or --to another name"
+        )
+    if dry_run:
+        result.seconds = time.monotonic() - started
+        return result
+
+    with db.collection_lock(tenant, database, name), db.collection_lock(tenant, database, target):
+        restore_id = db.begin_restore(snapshot, target, chroma.address, trigger, reason)
+        result.restore_id = restore_id
+        building = temporary_name(target, snapshot.snapshot_id)
+        created = False
+        try:
+            if chroma.exists(building):  # left behind by a killed restore: ours by its name
+                chroma.delete(building)
+            collection = chroma.create(building, info)
+            created = True
+            differences = collection_differences(info, chroma.describe(collection))
+            configured = chroma.configured_params(collection)  # 1.x: what the server itself reports
+            if configured:
+                differences += _index_differences(info.index_params, configured)
+            if differences:
+                raise VerificationFailed("re-created collection differs from the snapshot: " + "; ".join(differences))
+            size = chroma.batch_size(batch_size)
+            written = 0
+            expected = db.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
+            # The verifier looks up stored records (cosine space) on a connection of its own: this
+            # one is busy streaming the snapshot.
+            lookup_db = db.sibling() if info.space == "cosine" else None
+            verifier = _ReadBackVerifier(chroma, collection, expected,
+                                         _stored_loader(lookup_db, snapshot) if lookup_db else None)
+            try:
+                for batch in prefetch(db.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
+                    _check_stop(stop, "restore")
+                    chroma.add(collection, batch)
+                    verifier.submit(batch.ids)
+                    written += len(batch)
+                    (progress or _no_progress)(len(batch))
+                comparison = verifier.finish()
+            finally:
+                verifier.close()
+                if lookup_db is not None:
+                    lookup_db.close()
+            exact = comparison.rounded == 0
+            if not comparison.identical or (exact and comparison.content_digest != snapshot.digest):
+                raise VerificationFailed(
+                    f"restored collection does not match snapshot {snapshot.snapshot_id}: "
+                    f"missing={len(comparison.missing)} extra={len(comparison.extra)} "
+                    f"changed={len(comparison.changed)}"
+                )
+            if exists:
+                chroma.delete(target)
+                result.replaced = True
+            chroma.rename(collection, target)
+            created = False
+            target_id = str(collection.id)
+        except BaseException as error:
+            if created:
+                try:
+                    chroma.delete(building)
+                except BackupError as cleanup:
+                    log.error("restore could not delete temporary collection %s: %s", building, cleanup)
+            try:
+                db.finish_restore(restore_id, status="failed", records=None, verified=False,
+                                  error=f"{type(error).__name__}: {_first_line(error)}")
+            except BackupError as second:
+                log.error("restore %d could not be recorded as failed: %s", restore_id, second)
+            raise
+        db.finish_restore(restore_id, status="complete", records=written, verified=True,
+                          target_collection_id=target_id)
+    result.rounded = comparison.rounded
+    result.records = written
+    result.verified = True
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# -- prune --------------------------------------------------------------------------------------
+
+@dataclass
+class PruneResult:
+    collection: str
+    snapshots_deleted: list[int]
+    failed_runs_deleted: list[int]
+    versions_deleted: int
+    dry_run: bool
+    skipped: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prune_snapshots(db: Database, *, tenant: str, database: str, retention_days: float,
+                    min_snapshots: int, dry_run: bool = False) -> list[PruneResult]:
+    """Apply the retention policy to every backed-up collection of this tenant and database.
+
+    Complete snapshots older than ``retention_days`` go, but the newest ``min_snapshots`` of each
+    collection always stay; failed runs go; so does every record version no kept snapshot sees.
+    A dry run does the same work in a transaction it rolls back, so its counts are exact.
+    """
+    results = []
+    for name in db.collection_names(tenant, database):
+        try:
+            with db.collection_lock(tenant, database, name):
+                ref = db.collection_ref(tenant, database, name)
+                expired, failed = db.prune_plan(ref, retention_days, min_snapshots)
+                versions = db.prune(ref, expired + failed, commit=not dry_run)
+                if versions and not dry_run:
+                    db.vacuum_records()
+        except CollectionBusy as busy:
+            results.append(PruneResult(name, [], [], 0, dry_run, skipped=str(busy)))
+            continue
+        results.append(PruneResult(name, expired, failed, versions, dry_run))
+    return results

@@ -1,0 +1,146 @@
+"""Records in transit: exact embedding bytes, lossless metadata JSON, and content digests.
+
+Pure functions, no I/O.  ``chroma.py`` hands records over as plain Python values (sparse vectors
+already turned into ``{"$sparse": {...}}``); this module defines the one canonical encoding that
+backup, restore and verify all digest, so a digest computed from a live collection equals the one
+stored at backup time exactly when the content is identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+FLOAT_TAG = "$float"
+DIGEST_BITS = 128
+_DIGEST_MOD = 1 << DIGEST_BITS
+
+
+@dataclass
+class RecordBatch:
+    """Up to one server batch of records, column-wise, in whatever order the store returned."""
+
+    ids: list[str]
+    embeddings: np.ndarray  # shape (n, dim), dtype '<f4'
+    documents: list[str | None]
+    metadatas: list[dict[str, Any] | None]
+    uris: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def to_float32(embeddings: Any) -> np.ndarray:
+    """Embeddings (float64 over HTTP, lists, ...) as a little-endian float32 matrix.
+
+    Chroma stores float32, so the float64 values it returns convert back without loss.
+    """
+    array = np.asarray(embeddings if embeddings is not None else [], dtype="<f4")
+    if array.size == 0:
+        return np.zeros((0, 0), dtype="<f4")
+    if array.ndim != 2:
+        raise ValueError(f"expected a matrix of embeddings, got shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, bool) or isinstance(value, int) or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        text = repr(value)
+        # PostgreSQL's jsonb keeps "1.0" as 1.0 but turns "1e+16" into an integer; tag those
+        # (and non-finite values) so the type survives the round trip.
+        if not math.isfinite(value) or "e" in text or "E" in text:
+            return {FLOAT_TAG: text}
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_encode_value(item) for item in value]
+    if isinstance(value, dict):  # already tagged (sparse vectors from chroma.py)
+        return {key: _encode_value(item) for key, item in value.items()}
+    if isinstance(value, np.generic):
+        return _encode_value(value.item())
+    raise TypeError(f"unsupported metadata value of type {type(value).__name__}")
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode_value(item) for item in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and FLOAT_TAG in value:
+            return float(value[FLOAT_TAG])
+        return {key: _decode_value(item) for key, item in value.items()}
+    return value
+
+
+def encode_metadata(metadata: dict[str, Any] | None) -> str | None:
+    """Canonical JSON text of a metadata dict (sorted keys, floats tagged where needed)."""
+    if metadata is None:
+        return None
+    encoded = {str(key): _encode_value(value) for key, value in metadata.items()}
+    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def decode_metadata(text: str | None) -> dict[str, Any] | None:
+    """Inverse of ``encode_metadata`` (also accepts jsonb's re-formatted output)."""
+    if text is None or text == "":
+        return None
+    return {key: _decode_value(value) for key, value in json.loads(text).items()}
+
+
+def _field(hasher: Any, data: bytes | None) -> None:
+    if data is None:
+        hasher.update(b"\x00")
+    else:
+        hasher.update(b"\x01" + len(data).to_bytes(8, "little") + data)
+
+
+def record_digest(record_id: str, embedding: bytes, document: str | None,
+                  metadata_json: str | None, uri: str | None) -> bytes:
+    """blake2b-128 over the length-prefixed canonical fields; None and "" differ."""
+    hasher = hashlib.blake2b(digest_size=DIGEST_BITS // 8)
+    _field(hasher, record_id.encode("utf-8"))
+    _field(hasher, embedding)
+    _field(hasher, None if document is None else document.encode("utf-8"))
+    _field(hasher, None if metadata_json is None else metadata_json.encode("utf-8"))
+    _field(hasher, None if uri is None else uri.encode("utf-8"))
+    return hasher.digest()
+
+
+def batch_rows(batch: RecordBatch) -> list[tuple[str, bytes, str | None, str | None, str | None, bytes]]:
+    """(id, embedding bytes, document, metadata JSON, uri, digest) for every record of ``batch``."""
+    rows = []
+    embeddings = batch.embeddings
+    for i, record_id in enumerate(batch.ids):
+        vector = embeddings[i].tobytes()
+        meta = encode_metadata(batch.metadatas[i])
+        document = batch.documents[i]
+        uri = batch.uris[i]
+        rows.append((record_id, vector, document, meta, uri, record_digest(record_id, vector, document, meta, uri)))
+    return rows
+
+
+class ContentDigest:
+    """Order-independent digest of a set of record digests (their sum modulo 2**128)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.count = 0
+
+    def add(self, digest: bytes) -> None:
+        self.total = (self.total + int.from_bytes(digest, "big")) % _DIGEST_MOD
+        self.count += 1
+
+    def add_all(self, digests: Sequence[bytes]) -> None:
+        for digest in digests:
+            self.add(digest)
+
+    def hexdigest(self) -> str:
+        return self.total.to_bytes(DIGEST_BITS // 8, "big").hex()
+
+    def digest(self) -> bytes:
+        return self.total.to_bytes(DIGEST_BITS // 8, "big")
