@@ -1,0 +1,53 @@
+"""Prometheus metrics of the daemon (served on METRICS_PORT when set)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+HEALTH_STATUSES = ("ok", "unreachable", "missing", "corrupt", "shrunk")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.last_success = Gauge("chroma_backup_last_success_timestamp_seconds",
+                                  "Unix time of the last complete backup", ["collection"], registry=r)
+        self.last_duration = Gauge("chroma_backup_last_duration_seconds",
+                                   "Duration of the last complete backup", ["collection"], registry=r)
+        self.records = Gauge("chroma_backup_records", "Records in the last complete snapshot", ["collection"],
+                             registry=r)
+        self.changes = Counter("chroma_backup_changes", "Record changes captured by backups",
+                               ["collection", "kind"], registry=r)
+        self.failures = Counter("chroma_backup_failures", "Failed runs", ["collection", "job"], registry=r)
+        self.health = Gauge("chroma_backup_health_status", "1 for the collection's current health status",
+                            ["collection", "status"], registry=r)
+        self.restores = Counter("chroma_backup_restores", "Restores by outcome", ["collection", "result"], registry=r)
+        self.loop = Gauge("chroma_backup_daemon_loop_timestamp_seconds", "Unix time of the last scheduler loop turn",
+                          registry=r)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)
+
+    def backup_ok(self, collection: str, *, seconds: float, records: int, added: int, updated: int,
+                  deleted: int) -> None:
+        self.last_success.labels(collection).set(time.time())
+        self.last_duration.labels(collection).set(seconds)
+        self.records.labels(collection).set(records)
+        for kind, value in (("added", added), ("updated", updated), ("deleted", deleted)):
+            self.changes.labels(collection, kind).inc(value)
+
+    def failure(self, collection: str, job: str) -> None:
+        self.failures.labels(collection, job).inc()
+
+    def health_status(self, collection: str, status: str) -> None:
+        for candidate in HEALTH_STATUSES:
+            self.health.labels(collection, candidate).set(1 if candidate == status else 0)
+
+    def restore(self, collection: str, result: str) -> None:
+        self.restores.labels(collection, result).inc()
+
+    def tick(self) -> None:
+        self.loop.set(time.time())
