@@ -1,0 +1,30 @@
+# chroma-backup daemon image: python main.py run, logs on stdout, state in /app/data.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DATA_DIR=/app/data \
+    HEARTBEAT_FILE=/app/data/heartbeat
+
+WORKDIR /app
+
+# Dependencies first: this layer stays cached until requirements.txt changes.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+RUN useradd --create-home --uid 10001 app && mkdir -p /app/data && chown app:app /app/data
+COPY --chown=app:app *.py ./
+
+USER app
+VOLUME ["/app/data"]
+EXPOSE 9464
+
+# Healthy only while the scheduler loop turns: it rewrites HEARTBEAT_FILE every half second, so a
+# stuck loop (not merely a live process) fails the check.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, sys, time; sys.exit(0 if time.time() - os.path.getmtime(os.environ['HEARTBEAT_FILE']) < 60 else 1)"]
+
+ENTRYPOINT ["python", "main.py"]
+CMD ["run"]
