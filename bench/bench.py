@@ -1,0 +1,428 @@
+"""Benchmark: backup and restore measured against Chroma's own read and write speed, in one run.
+
+    python bench/bench.py --records 100000 --dim 384 [--repeat 2] [--json PATH]
+
+Builds a synthetic collection in a real ``chroma run`` server (the populated data directory is
+cached under bench/.cache, so re-runs skip the slow HNSW build), uses PostgreSQL from
+--database-url / TEST_DATABASE_URL or an embedded pgserver, and measures each operation at least
+``--repeat`` times in a fresh process (so peak RSS is that operation's own):
+
+  raw_read         paging every record with embeddings, documents, metadatas (best page size)
+  backup_full      first backup into an empty schema
+  backup_nochange  second backup, nothing changed (plus bytes written to PostgreSQL)
+  backup_churn     backup after changing 1% of records (updates, deletes, adds)
+  raw_add          adding the same records into a fresh collection, max-size batches
+  restore          restoring the latest snapshot into a new collection (verified)
+  storage          relation size after 1 full backup and after 24 backups with 1% churn each
+  memory           peak RSS of a full backup at --baseline-records (default records/5), to
+                   compare with the full backup's at --records (the growth must stay small)
+
+and prints medians and the ratios the README quotes.  Absolute times on a shared 2-core machine
+are noisy; the ratios are what matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+COLLECTION = "bench"
+SEED = 42
+TOPICS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")
+WORDS = ("vector", "backup", "restore", "index", "segment", "query", "record", "batch", "server", "snapshot")
+
+
+# -- the synthetic data -------------------------------------------------------------------------
+
+def synthetic_batch(start: int, stop: int, dim: int, seed: int = SEED):
+    import numpy as np
+
+    from records import RecordBatch
+
+    rng = np.random.default_rng([seed, start])
+    n = stop - start
+    words = rng.integers(0, len(WORDS), size=(n, 28))
+    return RecordBatch(
+        ids=[f"rec-{i:08d}" for i in range(start, stop)],
+        embeddings=rng.normal(size=(n, dim)).astype("<f4"),
+        documents=[" ".join(WORDS[w] for w in row)[:200] for row in words],  # ~200 characters
+        metadatas=[{"topic": TOPICS[i % len(TOPICS)], "rank": int(i), "score": float(i % 997) / 7.0,
+                    "public": bool(i % 3)} for i in range(start, stop)],
+        uris=[None] * n,
+    )
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Chroma:
+    def __init__(self, path: Path):
+        self.path = path
+        self.port = free_port()
+        self.proc = None
+
+    def __enter__(self) -> "Chroma":
+        exe = Path(sys.executable).with_name("chroma")
+        self.proc = subprocess.Popen([str(exe) if exe.exists() else "chroma", "run", "--path", str(self.path),
+                                      "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=1)
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("chroma run did not start")
+                time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def settings_for(port: int, database_url: str, table: str):
+    from config import load_settings
+
+    return load_settings({"CHROMADB_HOST": "127.0.0.1", "CHROMADB_PORT": str(port), "DATABASE_URL": database_url,
+                          "BACKUP_TABLE": table, "CHROMA_COLLECTION_NAME": COLLECTION}, env_file=None)
+
+
+def stores(port: int, database_url: str, table: str):
+    from chroma import ChromaStore
+    from db import Database
+
+    settings = settings_for(port, database_url, table)
+    database = Database(settings)
+    database.migrate()
+    return ChromaStore.connect(settings), database
+
+
+def populate(path: Path, records: int, dim: int) -> None:
+    from chroma import ChromaStore, CollectionInfo
+
+    with Chroma(path) as server:
+        chroma = ChromaStore.connect(settings_for(server.port, "postgresql://unused@localhost/x", "unused"))
+        info = CollectionInfo("", COLLECTION, {"bench": True}, {"hnsw": {"space": "l2"}}, None, dim,
+                              chroma.server_version)
+        collection = chroma.create(COLLECTION, info)
+        size = chroma.batch_size()
+        for start in range(0, records, size):
+            chroma.add(collection, synthetic_batch(start, min(records, start + size), dim))
+            print(f"  populated {min(records, start + size)}/{records}", end="\r", flush=True)
+        print()
+
+
+# -- measurements (each runs in a fresh process) --------------------------------------------------
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def m_raw_read(port: int, page: int) -> dict:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=ChromaSettings(anonymized_telemetry=False))
+    collection = client.get_collection(COLLECTION, embedding_function=None)
+    started = time.perf_counter()
+    total, offset = 0, 0
+    while True:
+        got = collection.get(limit=page, offset=offset, include=["embeddings", "documents", "metadatas"])
+        n = len(got["ids"])
+        total += n
+        offset += n
+        if n < page:
+            break
+    return {"seconds": time.perf_counter() - started, "records": total, "rss_mb": _peak_rss_mb()}
+
+
+def m_backup(port: int, database_url: str, table: str) -> dict:
+    from export_import import export_collection_to_postgres
+
+    chroma, database = stores(port, database_url, table)
+    before = database.storage_bytes()
+    started = time.perf_counter()
+    result = export_collection_to_postgres(chroma, database, COLLECTION)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb(),
+            "bytes_written": database.storage_bytes() - before, "copy_bytes": result.bytes_written,
+            "added": result.added, "updated": result.updated, "deleted": result.deleted}
+
+
+def m_raw_add(port: int, records: int, dim: int) -> dict:
+    from chroma import ChromaStore, CollectionInfo
+
+    chroma = ChromaStore.connect(settings_for(port, "postgresql://unused@localhost/x", "unused"))
+    name = "rawadd-" + uuid.uuid4().hex[:8]
+    size = chroma.batch_size()
+    batches = [synthetic_batch(start, min(records, start + size), dim) for start in range(0, records, size)]
+    info = CollectionInfo("", name, {"bench": True}, {"hnsw": {"space": "l2"}}, None, dim, chroma.server_version)
+    collection = chroma.create(name, info)
+    started = time.perf_counter()
+    for batch in batches:
+        chroma.add(collection, batch)
+    seconds = time.perf_counter() - started
+    chroma.delete(name)
+    return {"seconds": seconds, "records": records, "rss_mb": _peak_rss_mb()}
+
+
+def m_restore(port: int, database_url: str, table: str) -> dict:
+    from export_import import import_postgres_to_chroma
+
+    chroma, database = stores(port, database_url, table)
+    target = "restored-" + uuid.uuid4().hex[:8]
+    started = time.perf_counter()
+    result = import_postgres_to_chroma(chroma, database, COLLECTION, target=target)
+    seconds = time.perf_counter() - started
+    chroma.delete(target)
+    return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb(), "verified": result.verified}
+
+
+def churn(port: int, records: int, dim: int, round_: int, fraction: float = 0.01) -> dict:
+    """Change ``fraction`` of the records: 40% of it updates, 30% deletes, 30% adds."""
+    import numpy as np
+
+    from chroma import ChromaStore
+
+    chroma = ChromaStore.connect(settings_for(port, "postgresql://unused@localhost/x", "unused"))
+    collection = chroma.open(COLLECTION)
+    ids = chroma.list_ids(collection)
+    rng = np.random.default_rng([SEED, 1000 + round_])
+    k = max(3, int(len(ids) * fraction))
+    picked = rng.choice(len(ids), size=int(k * 0.7), replace=False)
+    update_ids = [ids[i] for i in picked[: int(k * 0.4)]]
+    delete_ids = [ids[i] for i in picked[int(k * 0.4):]]
+    updates = synthetic_batch(0, len(update_ids), dim, seed=SEED + 7 + round_)
+    updates.ids = update_ids
+    chroma.upsert(collection, updates)
+    chroma.delete_records(collection, delete_ids)
+    start = 10 * records + round_ * records
+    chroma.add(collection, synthetic_batch(start, start + int(k * 0.3), dim))
+    return {"updated": len(update_ids), "deleted": len(delete_ids), "added": int(k * 0.3)}
+
+
+def isolated(fn, *args) -> dict:
+    """Run one measurement in a fresh process (its own peak RSS, no warm caches of ours)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+# -- the harness --------------------------------------------------------------------------------
+
+def summarize(runs: list[dict]) -> dict:
+    seconds = [r["seconds"] for r in runs]
+    median = statistics.median(seconds)
+    records = runs[0]["records"]
+    summary = {"median_seconds": round(median, 3), "runs_seconds": [round(s, 3) for s in seconds],
+               "records": records, "records_per_second": round(records / median, 1) if median else None,
+               "peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1)}
+    for key in ("bytes_written", "copy_bytes"):
+        if key in runs[0]:
+            summary[key] = int(statistics.median(r[key] for r in runs))
+    return summary
+
+
+def database_url_from(args, workdir: Path):
+    if args.database_url:
+        return args.database_url, None
+    import pgserver
+
+    server = pgserver.get_server(workdir / "pg", cleanup_mode="stop")
+    return server.get_uri(), server
+
+
+def cached_collection(cache_dir: str, records: int, dim: int) -> Path:
+    cache = Path(cache_dir) / f"chroma-{records}x{dim}-s{SEED}"
+    if not (cache / "chroma.sqlite3").exists():
+        print(f"building the synthetic collection ({records} x {dim}) in {cache} ...", flush=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        populate(cache, records, dim)
+    return cache
+
+
+def baseline_rss(args, database_url: str, workdir: Path) -> dict:
+    """Peak RSS of a full backup of a smaller collection (same dims): the memory target is the
+    growth from this size to --records, which must stay flat."""
+    cache = cached_collection(args.cache_dir, args.baseline_records, args.dim)
+    shutil.copytree(cache, workdir / "baseline")
+    with Chroma(workdir / "baseline") as chroma:
+        runs = [isolated(m_backup, chroma.port, database_url, f"bench_{uuid.uuid4().hex[:8]}")
+                for _ in range(args.repeat)]
+    return summarize(runs)
+
+
+def run(args) -> dict:
+    cache = cached_collection(args.cache_dir, args.records, args.dim)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
+    results: dict = {"records": args.records, "dim": args.dim, "repeat": args.repeat,
+                     "machine": f"{os.cpu_count()} cores, {platform_line()}"}
+    server = None
+    try:
+        shutil.copytree(cache, workdir / "chroma")
+        database_url, server = database_url_from(args, workdir)
+        with Chroma(workdir / "chroma") as chroma:
+            port = chroma.port
+            page_times = {}
+            for page in (1000, 2500, 5461):
+                page_times[page] = isolated(m_raw_read, port, page)["seconds"]
+            best_page = min(page_times, key=page_times.get)
+            results["raw_read_page_size"] = best_page
+            step("raw_read")
+            results["raw_read"] = summarize([isolated(m_raw_read, port, best_page) for _ in range(args.repeat)])
+
+            tables = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
+            step("backup_full")
+            results["backup_full"] = summarize([isolated(m_backup, port, database_url, t) for t in tables])
+            step("backup_nochange")
+            results["backup_nochange"] = summarize([isolated(m_backup, port, database_url, tables[0])
+                                                    for _ in range(args.repeat)])
+            step("backup_churn")
+            churn_runs = []
+            for i in range(args.repeat):
+                churn(port, args.records, args.dim, round_=i)
+                churn_runs.append(isolated(m_backup, port, database_url, tables[0]))
+            results["backup_churn"] = summarize(churn_runs)
+
+            step("raw_add")
+            results["raw_add"] = summarize([isolated(m_raw_add, port, args.records, args.dim)
+                                            for _ in range(args.repeat)])
+            step("restore")
+            results["restore"] = summarize([isolated(m_restore, port, database_url, tables[0])
+                                            for _ in range(args.repeat)])
+
+            step(f"storage ({args.storage_rounds} backups with 1% churn)")
+            table = f"bench_{uuid.uuid4().hex[:8]}"
+            first = isolated(m_backup, port, database_url, table)
+            storage_1 = size_of(port, database_url, table)
+            for i in range(args.storage_rounds - 1):
+                churn(port, args.records, args.dim, round_=100 + i)
+                isolated(m_backup, port, database_url, table)
+            storage_n = size_of(port, database_url, table)
+            results["storage"] = {"storage_1_bytes": storage_1, f"storage_{args.storage_rounds}_bytes": storage_n,
+                                  "rounds": args.storage_rounds, "first_backup_records": first["records"]}
+        if args.baseline_records:
+            step(f"backup_full at {args.baseline_records} records (memory baseline)")
+            results["backup_full_baseline"] = baseline_rss(args, database_url, workdir)
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    raw_read = results["raw_read"]["median_seconds"]
+    results["ratios"] = {
+        "backup_full/raw_read": round(results["backup_full"]["median_seconds"] / raw_read, 3),
+        "backup_nochange/raw_read": round(results["backup_nochange"]["median_seconds"] / raw_read, 3),
+        "backup_churn/raw_read": round(results["backup_churn"]["median_seconds"] / raw_read, 3),
+        "restore/raw_add": round(results["restore"]["median_seconds"] / results["raw_add"]["median_seconds"], 3),
+        f"storage_{args.storage_rounds}/storage_1": round(
+            results["storage"][f"storage_{args.storage_rounds}_bytes"] / results["storage"]["storage_1_bytes"], 3),
+        "backup_rss_growth_mb": round(results["backup_full"]["peak_rss_mb"]
+                                      - results["backup_full_baseline"]["peak_rss_mb"], 1)
+        if "backup_full_baseline" in results else None,
+        "nochange_bytes/full_bytes": round(
+            results["backup_nochange"]["bytes_written"] / max(1, results["backup_full"]["bytes_written"]), 5),
+    }
+    return results
+
+
+def size_of(port: int, database_url: str, table: str) -> int:
+    _, database = stores(port, database_url, table)
+    try:
+        return database.storage_bytes()
+    finally:
+        database.close()
+
+
+def platform_line() -> str:
+    import platform
+
+    return f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}"
+
+
+def step(name: str) -> None:
+    print(f"measuring {name} ...", flush=True)
+
+
+TARGETS = {"backup_rss_growth_mb": 64, "backup_full/raw_read": 1.25, "backup_nochange/raw_read": 1.10, "restore/raw_add": 1.15,
+           "storage_24/storage_1": 1.3, "nochange_bytes/full_bytes": 0.01}
+
+
+def print_table(results: dict) -> None:
+    print()
+    print(f"{results['records']} records x {results['dim']} dims, median of {results['repeat']} "
+          f"({results['machine']})")
+    print(f"{'operation':<18} {'median s':>9} {'records/s':>11} {'peak RSS MB':>12}")
+    for key in ("raw_read", "backup_full", "backup_nochange", "backup_churn", "raw_add", "restore"):
+        r = results[key]
+        print(f"{key:<18} {r['median_seconds']:>9.2f} {r['records_per_second'] or 0:>11.0f} {r['peak_rss_mb']:>12.1f}")
+    s = results["storage"]
+    last = s["storage_%d_bytes" % s["rounds"]]
+    print(f"storage: after 1 backup {s['storage_1_bytes'] / 2**20:.1f} MiB, after {s['rounds']} "
+          f"{last / 2**20:.1f} MiB; no-change backup wrote "
+          f"{results['backup_nochange']['bytes_written']} bytes")
+    print()
+    print(f"{'ratio':<28} {'value':>8} {'target':>8}")
+    if "backup_full_baseline" in results:
+        base = results["backup_full_baseline"]
+        print(f"backup_full at {base['records']} records: peak RSS {base['peak_rss_mb']:.1f} MB "
+              f"(the memory baseline)")
+    for key, value in results["ratios"].items():
+        if value is None:
+            continue
+        target = TARGETS.get(key)
+        verdict = "" if target is None else ("ok" if value <= target else "MISSED")
+        print(f"{key:<28} {value:>8.3f} {('<= ' + str(target)) if target else '':>8}  {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--storage-rounds", type=int, default=24, help="backups in the storage measurement")
+    parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"),
+                        help="PostgreSQL to use (default: TEST_DATABASE_URL, else an embedded pgserver)")
+    parser.add_argument("--cache-dir", default=str(ROOT / "bench" / ".cache"))
+    parser.add_argument("--baseline-records", type=int, default=None,
+                        help="also measure a full backup's peak RSS at this size (default: records/5; 0 = skip)")
+    args = parser.parse_args(argv)
+    if args.records < 10 or args.dim < 1 or args.repeat < 1 or args.storage_rounds < 2:
+        parser.error("--records >= 10, --dim >= 1, --repeat >= 1, --storage-rounds >= 2")
+    if args.baseline_records is None:
+        args.baseline_records = args.records // 5 if args.records >= 50 else 0
+    results = run(args)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
