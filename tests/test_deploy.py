@@ -1,0 +1,136 @@
+"""Deployment files, checked statically (no Docker engine here) and kept in line with the code."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config import SETTINGS_DOC
+from conftest import ROOT, run_cli
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+ENV_EXAMPLE = (ROOT / ".env.example").read_text()
+README = (ROOT / "README.md").read_text()
+
+
+def env_example_values() -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in ENV_EXAMPLE.splitlines() if line and not line.startswith("#")]
+    return {key: value for key, value in pairs}
+
+
+def settings_read_by_code() -> set[str]:
+    """Every variable name config.py asks its reader for (or reads from env directly)."""
+    source = (ROOT / "config.py").read_text()
+    return set(re.findall(r'r\.\w+\("([A-Z][A-Z0-9_]+)"', source)) | set(re.findall(r'env\.get\("([A-Z][A-Z0-9_]+)"', source))
+
+
+def test_every_setting_in_the_code_is_documented():
+    read = settings_read_by_code()
+    assert read == set(SETTINGS_DOC), f"config.py and SETTINGS_DOC disagree: {read ^ set(SETTINGS_DOC)}"
+
+
+def test_env_example_documents_every_setting_with_its_default():
+    values = env_example_values()
+    assert set(values) == set(SETTINGS_DOC)
+    for key, (default, _) in SETTINGS_DOC.items():
+        assert f"(default: {default if default else 'empty'})\n{key}=" in ENV_EXAMPLE, key
+
+
+def test_readme_table_lists_every_setting():
+    for key, (default, _) in SETTINGS_DOC.items():
+        assert re.search(rf"^\| `{key}` \| `?{re.escape(default) if default else ''}`? *\|", README, re.M), key
+
+
+def test_only_config_reads_the_environment():
+    for path in ROOT.glob("*.py"):
+        if path.name != "config.py":
+            text = path.read_text()
+            assert "os.environ" not in text and "getenv" not in text and "load_dotenv" not in text, path.name
+
+
+def test_only_db_imports_psycopg2_and_only_chroma_imports_chromadb():
+    for path in ROOT.glob("*.py"):
+        text = path.read_text()
+        if path.name != "db.py":
+            assert not re.search(r"^\s*(import|from) psycopg2", text, re.M), path.name
+        if path.name != "chroma.py":
+            assert not re.search(r"^\s*(import|from) chromadb", text, re.M), path.name
+        assert not re.search(r"^\s*(import|from) main\b", text, re.M) or path.name == "main.py", path.name
+
+
+def test_env_example_matches_the_compose_service_names():
+    values = env_example_values()
+    assert values["DB_HOST"] == "postgres" and "postgres" in COMPOSE["services"]
+    assert values["CHROMADB_HOST"] == "chroma" and "chroma" in COMPOSE["services"]
+    assert values["CHROMADB_PORT"] == "8000"
+
+
+def test_compose_postgres_service():
+    pg = COMPOSE["services"]["postgres"]
+    assert pg["image"] == "postgres:16"
+    assert any(v.split(":")[0] in COMPOSE["volumes"] and v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+
+
+def test_compose_chroma_matches_the_client_version():
+    pinned = re.search(r"^chromadb==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+    chroma = COMPOSE["services"]["chroma"]
+    assert chroma["image"] == f"chromadb/chroma:{pinned}"
+    assert any(v.endswith(":/data") and v.split(":")[0] in COMPOSE["volumes"] for v in chroma["volumes"])
+    assert "/api/v2/heartbeat" in " ".join(chroma["healthcheck"]["test"])
+
+
+def test_compose_app_service():
+    app = COMPOSE["services"]["app"]
+    assert app["build"] == "."
+    assert app["env_file"] == ".env"
+    assert app["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                 "chroma": {"condition": "service_healthy"}}
+    assert app["restart"] == "unless-stopped"
+    grace = re.fullmatch(r"(\d+)s", app["stop_grace_period"])
+    assert grace and int(grace.group(1)) > 10  # the daemon's shutdown grace is 8 s after the current batch
+    assert app["ports"] == ["${METRICS_PORT:-9464}:${METRICS_PORT:-9464}"]
+    assert env_example_values()["METRICS_PORT"] == "9464"
+
+
+def test_dockerfile():
+    lines = [line.strip() for line in DOCKERFILE.splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    copy_req = lines.index("COPY requirements.txt .")
+    install = lines.index("RUN pip install -r requirements.txt")
+    copy_code = next(i for i, line in enumerate(lines) if line.startswith("COPY --chown=app:app *.py"))
+    assert copy_req < install < copy_code  # dependencies in their own cached layer
+    assert "USER app" in lines and lines.index("USER app") > install
+    assert 'ENTRYPOINT ["python", "main.py"]' in lines and 'CMD ["run"]' in lines
+    assert "PYTHONUNBUFFERED=1" in DOCKERFILE
+    assert re.search(r"HEALTHCHECK .*\n\s+CMD .*HEARTBEAT_FILE", DOCKERFILE)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
+def test_docker_compose_config_is_valid(tmp_path):
+    for name in ("docker-compose.yml", "Dockerfile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    result = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_demo_runs_the_whole_loop_in_under_a_minute(tmp_path):
+    started = time.monotonic()
+    result = run_cli(["demo", "--records", "2000"], {}, cwd=tmp_path, timeout=180)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "status=missing, recovery=restored -> demo_docs_restored" in result.stdout
+    assert "identical=True, 2010 records, space cosine" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].endswith("verified identical")
+    workdir = re.search(r"working in (\S+)", result.stdout).group(1)
+    assert not Path(workdir).exists()
+    assert seconds < 60
