@@ -695,7 +695,8 @@ class Database:
     # -- retention ------------------------------------------------------------------------------
 
     def prune_plan(self, collection_ref: int, retention_days: float, min_snapshots: int) -> tuple[list[int], list[int]]:
-        """(complete snapshots to delete, failed runs to delete) for one collection."""
+        """(complete snapshots to delete, failed runs to delete) for one collection: both once older
+        than ``retention_days``, but the newest ``min_snapshots`` complete ones always stay."""
         with self.transaction("planning the prune") as cur:
             cur.execute(self.tables.fmt(
                 "SELECT snapshot_id FROM ("
@@ -705,9 +706,13 @@ class Database:
                 "ORDER BY snapshot_id"
             ), (collection_ref, min_snapshots, retention_days * 86400.0))
             expired = [row[0] for row in cur.fetchall()]
+            # Failed runs hold no record versions; they stay visible (the operator's record of
+            # what went wrong) until they are as old as an expired snapshot.
             cur.execute(self.tables.fmt(
-                "SELECT snapshot_id FROM {snap} WHERE collection_ref = %s AND status = 'failed' ORDER BY snapshot_id"
-            ), (collection_ref,))
+                "SELECT snapshot_id FROM {snap} WHERE collection_ref = %s AND status = 'failed' "
+                "AND coalesce(finished_at, started_at) < clock_timestamp() - make_interval(secs => %s) "
+                "ORDER BY snapshot_id"
+            ), (collection_ref, retention_days * 86400.0))
             failed = [row[0] for row in cur.fetchall()]
         return expired, failed
 

@@ -606,7 +606,8 @@ def prune_snapshots(db: Database, *, tenant: str, database: str, retention_days:
     """Apply the retention policy to every backed-up collection of this tenant and database.
 
     Complete snapshots older than ``retention_days`` go, but the newest ``min_snapshots`` of each
-    collection always stay; failed runs go; so does every record version no kept snapshot sees.
+    collection always stay; failed runs older than ``retention_days`` go too; so does every record
+    version no kept snapshot sees.
     A dry run does the same work in a transaction it rolls back, so its counts are exact.
     """
     results = []

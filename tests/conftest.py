@@ -73,9 +73,11 @@ class ChromaServer:
             time.sleep(0.1)
         raise RuntimeError("chroma run did not answer its heartbeat")
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server: SIGTERM shuts down gracefully (it finishes serving open keep-alive
+        connections first); SIGKILL is a crash, cutting every connection at once."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, sig)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -307,14 +307,18 @@ def test_prune_keeps_the_minimum_and_every_kept_snapshot_still_restores(stores, 
         assert client.get_collection(target, embedding_function=None).count() == snap.records
 
 
-def test_prune_keeps_recent_snapshots(stores, client, name):
+def test_prune_keeps_recent_snapshots_and_recent_failed_runs(stores, client, name):
     chroma, db = stores
     make_collection(client, name, 10)
     for _ in range(3):
         export_collection_to_postgres(chroma, db, name)
+    ref = db.collection_ref("default_tenant", "default_database", name)
+    db.fail_snapshot(db.begin_snapshot(ref, forced=False, health=None), "test failure")
     [result] = prune_snapshots(db, tenant="default_tenant", database="default_database", retention_days=30,
                                min_snapshots=1)
-    assert result.snapshots_deleted == []
+    assert result.snapshots_deleted == [] and result.failed_runs_deleted == []
+    statuses = [s.status for s in db.list_snapshots("default_tenant", "default_database", name)]
+    assert statuses == ["failed", "complete", "complete", "complete"]
 
 
 class CorruptingAdds(FailingAdds):

@@ -292,8 +292,10 @@ def test_the_cli_reports_a_busy_collection(env, tmp_path, client, name):
 
 
 def start_slow_backup_daemon(env, tmp_path, client, name, daemons, extra=None):
+    """A daemon whose first backup is copying, for about ten seconds (2,000 reads of 10 records),
+    when this returns: long enough to cut it off on a loaded machine."""
     make_collection(client, name, 20_000, dim=8)
-    settings = {**env, "CHROMA_COLLECTION_NAME": name, "BATCH_SIZE": "100", "EXPORT_INTERVAL_MINUTES": "0.05",
+    settings = {**env, "CHROMA_COLLECTION_NAME": name, "BATCH_SIZE": "10", "EXPORT_INTERVAL_MINUTES": "0.05",
                 "HEALTH_CHECK_INTERVAL_MINUTES": "60", **(extra or {})}
     daemon = daemons(settings, tmp_path)
     url = env["DATABASE_URL"]
@@ -317,7 +319,7 @@ def test_chroma_going_down_during_a_backup_fails_the_run_and_the_daemon_resumes(
     env = own_env(env, own_chroma)
     daemon = start_slow_backup_daemon(env, tmp_path, own_client(own_chroma), name, daemons,
                                       {"RETRY_MAX_ATTEMPTS": "1", "CHROMA_TIMEOUT_SECONDS": "5"})
-    own_chroma.stop()
+    own_chroma.stop(signal.SIGKILL)  # a crash: a graceful stop would serve the backup to its end
     url = env["DATABASE_URL"]
     wait_for(lambda: "failed" in statuses(url, name), what="the interrupted run to be marked failed")
     assert "complete" not in statuses(url, name)
