@@ -289,7 +289,7 @@ def run(args) -> dict:
         with Chroma(workdir / "chroma") as chroma:
             port = chroma.port
             page_times = {}
-            for page in (1000, 2500, 5461):
+            for page in (250, 1000, 2500, 5461):
                 page_times[page] = isolated(m_raw_read, port, page)["seconds"]
             best_page = min(page_times, key=page_times.get)
             results["raw_read_page_size"] = best_page
