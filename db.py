@@ -9,6 +9,7 @@ uses COPY in both directions.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import os
@@ -410,9 +411,9 @@ class Database:
         if key in self._held_locks:
             yield
             return
-        args = (self.tables.prefix, f"{tenant}/{database}/{name}")
+        args = (_lock_key(self.tables.prefix, tenant, database, name),)
         with self.transaction("taking the collection lock") as cur:
-            cur.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", args)
+            cur.execute("SELECT pg_try_advisory_lock(%s)", args)
             acquired = cur.fetchone()[0]
         if not acquired:
             raise CollectionBusy(f"collection {name!r} is busy: another backup or restore of it is running")
@@ -424,7 +425,7 @@ class Database:
             if self._conn is not None and not self._conn.closed:
                 try:
                     with self.transaction("releasing the collection lock") as cur:
-                        cur.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", args)
+                        cur.execute("SELECT pg_advisory_unlock(%s)", args)
                 except BackupError:
                     pass  # the connection is gone, and the lock with it
 
@@ -797,6 +798,13 @@ class SnapshotWriter:
             self.snapshot_id))
         if self._cur.rowcount != 1:
             raise BackupError(f"snapshot {self.snapshot_id} is no longer running (marked failed by another process)")
+
+
+def _lock_key(*parts: str) -> int:
+    """A signed 64-bit advisory lock key for these parts (hashtext's 32 bits would let two
+    collections collide and report each other busy)."""
+    digest = hashlib.blake2b("\0".join(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _jsonb(value: Any) -> Any:

@@ -278,6 +278,19 @@ def test_a_second_backup_of_a_busy_collection_is_refused(stores, client, name, s
     assert export_collection_to_postgres(chroma, db, name).status == "complete"
 
 
+def test_a_lock_on_one_collection_does_not_make_another_busy(stores, client, name, settings):
+    from db import Database
+
+    chroma, db = stores
+    make_collection(client, name, 10)
+    other = Database(settings)
+    try:
+        with other.collection_lock("default_tenant", "default_database", name + "-other"):
+            assert export_collection_to_postgres(chroma, db, name).status == "complete"
+    finally:
+        other.close()
+
+
 def test_prune_keeps_the_minimum_and_every_kept_snapshot_still_restores(stores, client, name):
     chroma, db = stores
     col = make_collection(client, name, 100)

@@ -277,16 +277,16 @@ def test_an_existing_different_target_is_never_overwritten_by_recovery(env, tmp_
     assert client.get_collection(name + "_restored", embedding_function=None).get()["ids"] == ["other"]
 
 
-def test_the_cli_reports_a_busy_collection(env, tmp_path, client, name):
+def test_the_cli_reports_a_busy_collection(env, settings, tmp_path, client, name):
+    from db import Database
+
     make_collection(client, name, 10)
-    conn = psycopg2.connect(env["DATABASE_URL"])
-    conn.autocommit = True
-    run_cli(["snapshots"], env, cwd=tmp_path)  # creates the schema
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(hashtext('chroma_data'), hashtext(%s))",
-                    (f"default_tenant/default_database/{name}",))
-    result = run_cli(["backup", "--collection", name], env, cwd=tmp_path)
-    conn.close()
+    holder = Database(settings)  # another process's session, as far as PostgreSQL can tell
+    try:
+        with holder.collection_lock("default_tenant", "default_database", name):
+            result = run_cli(["backup", "--collection", name], env, cwd=tmp_path)
+    finally:
+        holder.close()
     assert result.returncode == 1
     assert f"{name}: failed: collection '{name}' is busy: another backup or restore of it is running" in result.stdout
 
