@@ -384,7 +384,7 @@ class Database:
         tb = self.tables
         migrations = _migrations(tb)
         with self.transaction("schema migration") as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tb.prefix + ":migrate",))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(tb.prefix, "migrate"),))
             cur.execute(tb.fmt(
                 "CREATE TABLE IF NOT EXISTS {sv} (version integer PRIMARY KEY, "
                 "applied_at timestamptz NOT NULL DEFAULT now())"
