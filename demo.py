@@ -42,7 +42,8 @@ def _chroma_command() -> list[str]:
 def chroma_server(path: str, port: int, log_path: str) -> Iterator[None]:
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(_chroma_command() + ["run", "--path", path, "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=os.path.dirname(path))
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -89,7 +89,8 @@ class Chroma:
         exe = Path(sys.executable).with_name("chroma")
         self.proc = subprocess.Popen([str(exe) if exe.exists() else "chroma", "run", "--path", str(self.path),
                                       "--host", "127.0.0.1", "--port", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     cwd=self.path.parent)
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -59,6 +59,7 @@ class ChromaServer:
         self.proc = subprocess.Popen(
             [self.executable, "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.path.parent,  # 0.6.x writes chroma.log into its working directory
             env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
         )
         deadline = time.monotonic() + timeout
