@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 
 from config import Settings
-from errors import ChromaFailure, ChromaUnavailable, CollectionNotFound
+from errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, first_line
 from records import RecordBatch, to_float32
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,6 @@ LEGACY_HNSW_KEYS = {
 _TRANSIENT_STATUS = {502, 503, 504}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
     from chromadb import errors as chroma_errors
@@ -58,15 +53,15 @@ def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except chroma_errors.NotFoundError as error:
-        raise CollectionNotFound(f"{what}: {_first_line(error)}") from error
+        raise CollectionNotFound(f"{what}: {first_line(error)}") from error
     except (httpx.TransportError, ConnectionError, TimeoutError) as error:
-        raise ChromaUnavailable(f"Chroma unreachable during {what}: {type(error).__name__}: {_first_line(error)}") from error
+        raise ChromaUnavailable(f"Chroma unreachable during {what}: {type(error).__name__}: {first_line(error)}") from error
     except httpx.HTTPStatusError as error:
         status = error.response.status_code
         cls = ChromaUnavailable if status in _TRANSIENT_STATUS else ChromaFailure
         raise cls(f"Chroma answered HTTP {status} during {what}") from error
     except chroma_errors.ChromaError as error:
-        raise ChromaFailure(f"Chroma error during {what}: {type(error).__name__}: {_first_line(error)}") from error
+        raise ChromaFailure(f"Chroma error during {what}: {type(error).__name__}: {first_line(error)}") from error
     except Exception as error:
         if type(error) is not Exception:
             raise
@@ -75,7 +70,7 @@ def _translated(what: str) -> Iterator[None]:
         name = _error_name(str(error))
         if name in _NOT_FOUND_ERRORS:
             raise CollectionNotFound(f"{what}: {name}") from error
-        raise ChromaFailure(f"Chroma error during {what}: {name or _first_line(error)}") from error
+        raise ChromaFailure(f"Chroma error during {what}: {name or first_line(error)}") from error
 
 
 _NOT_FOUND_ERRORS = {"InvalidCollection", "NotFoundError"}
@@ -234,7 +229,7 @@ class ChromaStore:
                 session.event_hooks["response"].append(_raise_unavailable)
                 version = client.get_version()
         except ValueError as error:  # chromadb's "Could not connect to a Chroma server"
-            raise ChromaUnavailable(f"Chroma unreachable at {address}: {_first_line(error)}") from error
+            raise ChromaUnavailable(f"Chroma unreachable at {address}: {first_line(error)}") from error
         return cls(client, settings.chroma_tenant, settings.chroma_database, address, str(version), timeout)
 
     # -- server ---------------------------------------------------------------------------------

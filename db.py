@@ -26,7 +26,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from config import Settings
-from errors import BackupError, CollectionBusy, PostgresUnavailable
+from errors import BackupError, CollectionBusy, PostgresUnavailable, first_line
 from records import RecordBatch, decode_metadata
 
 log = logging.getLogger(__name__)
@@ -44,23 +44,18 @@ def _copy_text(value: str | None) -> str:
     return "\\N" if value is None else value.translate(_COPY_ESCAPES)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def translate_error(error: BaseException, what: str) -> BackupError:
     """A psycopg2 error as one of ours, by class and SQLSTATE (never by message text)."""
     code = getattr(error, "pgcode", None)
     if isinstance(error, psycopg2.InterfaceError):
-        return PostgresUnavailable(f"PostgreSQL connection lost during {what}: {_first_line(error)}")
+        return PostgresUnavailable(f"PostgreSQL connection lost during {what}: {first_line(error)}")
     if isinstance(error, psycopg2.OperationalError) and (
         code is None or code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES
     ):
-        return PostgresUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
+        return PostgresUnavailable(f"PostgreSQL unavailable during {what}: {first_line(error)}")
     if code in _UNAVAILABLE_CODES:
-        return PostgresUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
-    return BackupError(f"PostgreSQL error during {what} ({code or 'no SQLSTATE'}): {_first_line(error)}")
+        return PostgresUnavailable(f"PostgreSQL unavailable during {what}: {first_line(error)}")
+    return BackupError(f"PostgreSQL error during {what} ({code or 'no SQLSTATE'}): {first_line(error)}")
 
 
 @contextmanager
@@ -280,7 +275,7 @@ class EmbeddedPostgres:
         try:
             self._server = pgserver.get_server(self.path)
         except Exception as error:  # pgserver raises plain exceptions on start failures
-            raise PostgresUnavailable(f"embedded PostgreSQL did not start in {self.path}: {_first_line(error)}") from error
+            raise PostgresUnavailable(f"embedded PostgreSQL did not start in {self.path}: {first_line(error)}") from error
         dsn = self._server.get_uri()
         with _translated("creating the embedded database"):
             conn = psycopg2.connect(dsn)

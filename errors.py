@@ -63,3 +63,10 @@ class VerificationFailed(BackupError):
 
 class Interrupted(BackupError):
     """A shutdown was requested while a run was in progress."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its class name when it has none): what one log line
+    or one error line may quote."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

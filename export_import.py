@@ -21,7 +21,7 @@ import numpy as np
 from chroma import ChromaStore, CollectionInfo
 from db import Database, Snapshot
 from errors import (BackupError, CollectionBusy, CollectionExists, Interrupted,
-                    SnapshotNotFound, VerificationFailed)
+                    SnapshotNotFound, VerificationFailed, first_line)
 from records import ContentDigest, RecordBatch, batch_rows, decode_metadata, encode_metadata
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,6 @@ def _no_progress(_: int) -> None:
 def _check_stop(stop: threading.Event | None, what: str) -> None:
     if stop is not None and stop.is_set():
         raise Interrupted(f"{what} interrupted by shutdown")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # -- read-ahead ---------------------------------------------------------------------------------
@@ -190,7 +185,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                     server_version=info.server_version,
                 )
         except BaseException as error:
-            message = f"{step}: {type(error).__name__}: {_first_line(error)}"
+            message = f"{step}: {type(error).__name__}: {first_line(error)}"
             try:
                 db.fail_snapshot(snapshot_id, message)
             except BackupError as second:
@@ -573,7 +568,7 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                     log.error("restore could not delete temporary collection %s: %s", building, cleanup)
             try:
                 db.finish_restore(restore_id, status="failed", records=None, verified=False,
-                                  error=f"{type(error).__name__}: {_first_line(error)}")
+                                  error=f"{type(error).__name__}: {first_line(error)}")
             except BackupError as second:
                 log.error("restore %d could not be recorded as failed: %s", restore_id, second)
             raise

@@ -20,7 +20,8 @@ from typing import Any
 
 from chroma import ChromaStore
 from db import Database
-from errors import BackupError, ChromaFailure, ChromaUnavailable, CollectionBusy, CollectionNotFound, SnapshotNotFound
+from errors import (BackupError, ChromaFailure, ChromaUnavailable, CollectionBusy, CollectionNotFound, SnapshotNotFound,
+                    first_line)
 from export_import import (BackupResult, RestoreResult, export_collection_to_postgres, import_postgres_to_chroma,
                            resolve_snapshot, verify_collection)
 
@@ -52,11 +53,6 @@ class HealthVerdict:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 3)
         return data
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_collection_health(chroma: ChromaStore, db: Database, name: str, *, min_ratio: float,
@@ -114,9 +110,9 @@ def check_collection_health(chroma: ChromaStore, db: Database, name: str, *, min
     except CollectionNotFound:
         return verdict(MISSING, "collection does not exist")
     except ChromaUnavailable as error:
-        return verdict(UNREACHABLE, f"{step}: {_first_line(error)}")
+        return verdict(UNREACHABLE, f"{step}: {first_line(error)}")
     except ChromaFailure as error:
-        return verdict(CORRUPT, f"{step} failed: {_first_line(error)}")
+        return verdict(CORRUPT, f"{step} failed: {first_line(error)}")
     return verdict(OK, f"{len(batch)} sampled records read and found by self-recall")
 
 
