@@ -391,10 +391,18 @@ class ChromaStore:
             result = collection.query(query_embeddings=embeddings, n_results=n_results, include=["distances"])
         return [list(ids) for ids in result["ids"]], [list(d) for d in result["distances"]]
 
-    def sample_ids(self, collection: Any, n: int) -> list[str]:
-        """The first ``n`` ids (a probe sample when no snapshot exists yet)."""
+    def ids_at(self, collection: Any, offsets: list[int]) -> list[str]:
+        """The ids at these positions of the collection's storage order (a random probe sample)."""
+        ids: list[str] = []
         with _translated(f"listing ids of {collection.name!r}"):
-            return list(collection.get(limit=n, include=[])["ids"])
+            for offset in offsets:
+                ids.extend(collection.get(limit=1, offset=offset, include=[])["ids"])
+        return list(dict.fromkeys(ids))
+
+    def existing_ids(self, collection: Any, ids: list[str]) -> list[str]:
+        """Which of ``ids`` exist (no content read)."""
+        with _translated(f"looking up ids in {collection.name!r}"):
+            return list(collection.get(ids=ids, include=[])["ids"])
 
 
 def _refuse_lists(batch: RecordBatch) -> None:

@@ -59,7 +59,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "HEALTH_MIN_RECORD_RATIO": ("0.5", "health: a count below this fraction of the last snapshot's is 'shrunk'"),
     "HEALTH_CONFIRM_SECONDS": ("30", "health: a failure is re-checked after this many seconds before recovery"),
     "HEALTH_TIMEOUT_SECONDS": ("30", "health: timeout of each step of the health ladder"),
-    "HEALTH_SAMPLE_SIZE": ("5", "health: stored ids read back and self-recall queried per check"),
+    "HEALTH_SAMPLE_SIZE": ("20", "health: records sampled per check for read-back and self-recall (corrupt when >= 30% of them are not found)"),
     "AUTO_RESTORE": ("true", "restore a missing/corrupt/shrunk collection into NEW_COLLECTION_NAME"),
     "RETRY_MAX_ATTEMPTS": ("5", "attempts for an operation failing with a transient error"),
     "RETRY_MAX_SECONDS": ("120", "total time budget of those retries"),
@@ -99,7 +99,7 @@ class Settings:
     health_min_record_ratio: float = 0.5
     health_confirm_seconds: float = 30.0
     health_timeout_seconds: float = 30.0
-    health_sample_size: int = 5
+    health_sample_size: int = 20
     auto_restore: bool = True
     retry_max_attempts: int = 5
     retry_max_seconds: float = 120.0
@@ -309,7 +309,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         health_min_record_ratio=r.number("HEALTH_MIN_RECORD_RATIO", 0.5, 0, high=1),
         health_confirm_seconds=r.number("HEALTH_CONFIRM_SECONDS", 30.0, 0),
         health_timeout_seconds=r.number("HEALTH_TIMEOUT_SECONDS", 30.0, 0, strict_low=True),
-        health_sample_size=r.integer("HEALTH_SAMPLE_SIZE", 5, 1, 1000),
+        health_sample_size=r.integer("HEALTH_SAMPLE_SIZE", 20, 1, 1000),
         auto_restore=r.boolean("AUTO_RESTORE", True),
         retry_max_attempts=r.integer("RETRY_MAX_ATTEMPTS", 5, 1),
         retry_max_seconds=r.number("RETRY_MAX_SECONDS", 120.0, 0),

@@ -7,7 +7,8 @@ same kind still runs is skipped.  A job that raises is logged with its traceback
 loop goes on.  Stores are opened lazily inside jobs, so the daemon starts and keeps running while
 Chroma or PostgreSQL is down and resumes by itself when they return.
 
-After every backup round the retention policy runs (as ``prune`` would).
+After every backup round the retention policy runs (as ``prune`` would).  The rounds are the
+operations layer's (``jobs.Operations``), the same the CLI runs.
 
 Signals: the first SIGTERM/SIGINT stops scheduling; running jobs stop after their current batch
 (an interrupted backup is marked failed, an interrupted restore removes its temporary
@@ -25,36 +26,15 @@ from typing import Any, Callable
 
 import schedule
 
-from config import Settings
-from errors import BackupError, ChromaUnavailable, Interrupted
-from export_import import BackupResult, prune_snapshots
-from health import HealthVerdict, check_and_recover, guarded_backup
+from errors import Interrupted
+from jobs import Backend, Operations
 from metrics import Metrics
-from retry import call_with_retry
-from targets import health_targets, selected_collections
+from states import COMPLETE, FAILED, RESTORED
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 8.0
 LOOP_TICK_SECONDS = 0.5
-
-
-def log_backup(result: BackupResult) -> None:
-    """The one log line of a backup run."""
-    if result.status == "complete":
-        log.info("backup collection=%s snapshot=%d status=complete records=%d added=%d updated=%d deleted=%d "
-                 "seconds=%.2f", result.collection, result.snapshot_id, result.records, result.added,
-                 result.updated, result.deleted, result.seconds)
-    else:
-        log.log(logging.ERROR if result.status == "failed" else logging.WARNING,
-                "backup collection=%s status=%s error=%s", result.collection, result.status, result.error)
-
-
-def log_verdict(verdict: HealthVerdict) -> None:
-    level = logging.INFO if verdict.ok else logging.WARNING
-    log.log(level, "health collection=%s status=%s records=%s snapshot_records=%s seconds=%.2f detail=%s",
-            verdict.collection, verdict.status, verdict.records, verdict.snapshot_records, verdict.seconds,
-            verdict.detail)
 
 
 class Worker:
@@ -90,106 +70,44 @@ class Worker:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, stores: Any, metrics: Metrics, stop: threading.Event):
-        self.settings = settings
-        self.stores = stores
+    """Scheduling and signals; the rounds themselves are ``jobs.Operations``' (one per job kind,
+    each with its own connections)."""
+
+    def __init__(self, backend: Backend, metrics: Metrics, stop: threading.Event):
+        self.settings = backend.settings
         self.metrics = metrics
         self.stop = stop
-        self._dbs: dict[str, Any] = {}
-        self._chromas: dict[str, Any] = {}
-        self._ready = False
-        self._ready_lock = threading.Lock()
+        self.backup_ops = Operations(backend, stop=stop, retry_jobs=True)
+        self.health_ops = Operations(backend, stop=stop, retry_jobs=True,
+                                     chroma_timeout=self.settings.health_timeout_seconds)
         self.backup_worker = Worker("backup", self.backup_job, metrics)
         self.health_worker = Worker("health", self.health_job, metrics)
-
-    # -- stores, per job kind -------------------------------------------------------------------
-
-    def _db(self, kind: str) -> Any:
-        from db import Database
-
-        if kind not in self._dbs:
-            self._dbs[kind] = Database(self.settings, self.stores.embedded_dsn())
-        database = self._dbs[kind]
-        with self._ready_lock:
-            if not self._ready:
-                database.migrate()
-                database.fail_stale_runs()
-                self._ready = True
-        return database
-
-    def _chroma(self, kind: str, timeout: float | None = None) -> Any:
-        from chroma import ChromaStore
-
-        if kind not in self._chromas:
-            self._chromas[kind] = ChromaStore.connect(self.settings, timeout=timeout)
-        return self._chromas[kind]
-
-    def _retry(self, fn: Callable[[], Any], what: str) -> Any:
-        return call_with_retry(fn, what=what, attempts=self.settings.retry_max_attempts,
-                               max_seconds=self.settings.retry_max_seconds, stop=self.stop)
+        self._seeded = False
 
     # -- jobs -----------------------------------------------------------------------------------
 
     def backup_job(self) -> None:
-        s = self.settings
-        db = self._retry(lambda: self._db("backup"), "postgres")
-        chroma = self._retry(lambda: self._chroma("backup"), "chroma connect")
-        names = self._retry(lambda: selected_collections(s, chroma, None), "list collections")
-        for name in names:
-            if self.stop.is_set():
-                return
-            try:
-                result = self._retry(
-                    lambda: guarded_backup(chroma, db, name, force=False, min_ratio=s.health_min_record_ratio,
-                                           sample_size=s.health_sample_size, batch_size=s.batch_size, stop=self.stop),
-                    f"backup {name}")
-            except Interrupted as error:
-                log_backup(BackupResult(collection=name, status="failed", error=str(error)))
-                raise
-            except BackupError as error:
-                result = BackupResult(collection=name, status="failed", error=str(error))
-            log_backup(result)
-            if result.status == "failed":
-                self.metrics.failure(name, "backup")
-            elif result.status == "complete":
-                self.metrics.backup_ok(name, seconds=result.seconds, records=result.records, added=result.added,
-                                       updated=result.updated, deleted=result.deleted)
-        self.prune(db)
-
-    def prune(self, db: Any) -> None:
-        """The retention policy after every backup round (RETENTION_DAYS, RETENTION_MIN_SNAPSHOTS)."""
-        s = self.settings
-        for result in prune_snapshots(db, tenant=s.chroma_tenant, database=s.chroma_database,
-                                      retention_days=s.retention_days, min_snapshots=s.retention_min_snapshots):
-            if result.snapshots_deleted or result.failed_runs_deleted or result.versions_deleted:
-                log.info("prune collection=%s snapshots_deleted=%d failed_deleted=%d versions_deleted=%d",
-                         result.collection, len(result.snapshots_deleted), len(result.failed_runs_deleted),
-                         result.versions_deleted)
+        ops = self.backup_ops
+        if not self._seeded:
+            ops.db.fail_stale_runs()  # runs a killed process left 'running'
+            for name, when in ops.last_success().items():  # the stopped-backup alarm holds across restarts
+                self.metrics.last_success.labels(name).set(when)
+            self._seeded = True
+        for result in ops.backup_round():
+            if result.status == FAILED:
+                self.metrics.failure(result.collection, "backup")
+            elif result.status == COMPLETE:
+                self.metrics.backup_ok(result.collection, seconds=result.seconds, records=result.records,
+                                       added=result.added, updated=result.updated, deleted=result.deleted)
+        if not self.stop.is_set():
+            ops.prune()
 
     def health_job(self) -> None:
-        s = self.settings
-        db = self._retry(lambda: self._db("health"), "postgres")
-        try:
-            chroma = self._chroma("health", timeout=s.health_timeout_seconds)
-        except ChromaUnavailable as error:
-            chroma = None
-            unreachable = str(error)
-        names = health_targets(s, chroma, db, None)
-        for name in names:
-            if self.stop.is_set():
-                return
-            if chroma is None:
-                log.warning("health collection=%s status=unreachable detail=%s", name, unreachable)
-                self.metrics.health_status(name, "unreachable")
-                continue
-            verdict, recovery = check_and_recover(
-                chroma, db, name, min_ratio=s.health_min_record_ratio, sample_size=s.health_sample_size,
-                confirm_seconds=s.health_confirm_seconds, target=s.target_name(name), restore=s.auto_restore,
-                stop=self.stop, batch_size=s.batch_size)
-            log_verdict(verdict)
-            self.metrics.health_status(name, verdict.status)
-            if recovery is not None and recovery.action in ("restored", "failed"):
-                self.metrics.restore(name, "ok" if recovery.action == "restored" else "failed")
+        for report in self.health_ops.health_round(restore=self.settings.auto_restore):
+            self.metrics.health_status(report.collection, report.verdict.status)
+            recovery = report.recovery
+            if recovery is not None and recovery.action in (RESTORED, FAILED):
+                self.metrics.restore(report.collection, "ok" if recovery.action == RESTORED else "failed")
 
     # -- loop -----------------------------------------------------------------------------------
 
@@ -216,9 +134,9 @@ class Daemon:
         log.info("daemon stopping: waiting up to %.0fs for running jobs", SHUTDOWN_GRACE_SECONDS)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         finished = all(w.join(max(0.0, deadline - time.monotonic())) for w in (self.backup_worker, self.health_worker))
-        for database in self._dbs.values():
-            if finished:
-                database.close()
+        if finished:
+            self.backup_ops.close()
+            self.health_ops.close()
         log.info("daemon stopped clean=%s", finished)
         return 0
 

@@ -27,6 +27,7 @@ from psycopg2 import sql
 
 from config import Settings
 from errors import BackupError, CollectionBusy, PostgresUnavailable, first_line
+from states import COMPLETE, OK
 from records import RecordBatch, decode_metadata
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,15 @@ class Snapshot:
     health: str | None
     forced: bool
     error: str | None
+    health_detail: str | None = None
+    accepted: bool = False
+    origin_collection: str | None = None
+    origin_snapshot_id: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Taken while the collection's verdict was ``ok`` (or accepted by an operator)."""
+        return self.status == COMPLETE and not self.forced and (self.health or OK) == OK
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +120,10 @@ class Snapshot:
             "server_version": self.server_version,
             "health": self.health,
             "forced": self.forced,
+            "health_detail": self.health_detail,
+            "accepted": self.accepted,
+            "origin": ({"collection": self.origin_collection, "snapshot_id": self.origin_snapshot_id}
+                       if self.origin_collection else None),
             "error": self.error,
         }
 
@@ -117,7 +131,12 @@ class Snapshot:
 _SNAPSHOT_COLUMNS = """s.snapshot_id, s.collection_ref, c.name, c.tenant, c.database, s.status,
     s.started_at, s.finished_at, s.record_count, s.added, s.updated, s.deleted, s.dimension,
     encode(s.content_digest, 'hex'), s.chroma_collection_id, s.collection_metadata::text,
-    s.configuration_json, s.schema_json, s.server_version, s.health, s.forced, s.error"""
+    s.configuration_json, s.schema_json, s.server_version, s.health, s.forced, s.error,
+    s.health_detail, s.accepted, s.origin_collection, s.origin_snapshot_id"""
+
+
+# SQL twin of Snapshot.healthy (alias s): the snapshots auto-recovery and the shrink baseline use.
+_HEALTHY = "NOT s.forced AND coalesce(s.health, 'ok') = 'ok'"
 
 
 def _snapshot(row: tuple) -> Snapshot:
@@ -133,6 +152,7 @@ class Tables:
     snapshots: sql.Identifier
     restores: sql.Identifier
     schema_version: sql.Identifier
+    health: sql.Identifier
     prefix: str
 
     @classmethod
@@ -143,6 +163,7 @@ class Tables:
             snapshots=sql.Identifier(prefix + "_snapshots"),
             restores=sql.Identifier(prefix + "_restores"),
             schema_version=sql.Identifier(prefix + "_schema_version"),
+            health=sql.Identifier(prefix + "_health"),
             prefix=prefix,
         )
 
@@ -152,7 +173,7 @@ class Tables:
     def fmt(self, template: str, **extra: Any) -> sql.Composed:
         return sql.SQL(template).format(
             t=self.records, coll=self.collections, snap=self.snapshots, rest=self.restores,
-            sv=self.schema_version, **extra,
+            sv=self.schema_version, health=self.health, **extra,
         )
 
 
@@ -231,6 +252,29 @@ def _migrations(tb: Tables) -> list[sql.Composed]:
             snap_idx=tb.index("snapshots_idx"),
             current_idx=tb.index("current_idx"),
             rest_idx=tb.index("restores_idx"),
+        ),
+        # 2: verdicts label snapshots (and an operator can accept a new size); restores record the
+        # temporary names they use; recovery targets' snapshots say where they came from; every
+        # health verdict is kept.
+        tb.fmt(
+            """
+            ALTER TABLE {snap} ADD COLUMN health_detail text,
+                ADD COLUMN accepted boolean NOT NULL DEFAULT false,
+                ADD COLUMN origin_collection text,
+                ADD COLUMN origin_snapshot_id bigint;
+            ALTER TABLE {rest} ADD COLUMN temporary_name text, ADD COLUMN aside_name text;
+            CREATE TABLE {health} (
+                health_id bigserial PRIMARY KEY,
+                collection_ref bigint NOT NULL REFERENCES {coll} ON DELETE CASCADE,
+                checked_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                status text NOT NULL,
+                detail text,
+                records bigint,
+                snapshot_id bigint
+            );
+            CREATE INDEX {health_idx} ON {health} (collection_ref, health_id DESC);
+            """,
+            health_idx=tb.index("health_idx"),
         ),
     ]
 
@@ -464,13 +508,21 @@ class Database:
             log.warning("stale_runs_failed count=%d", count)
         return count
 
-    def begin_snapshot(self, collection_ref: int, *, forced: bool, health: str | None) -> int:
-        """Insert the catalog row as ``running`` in its own transaction; returns its id."""
+    def begin_snapshot(self, collection_ref: int, *, health: str | None, health_detail: str | None = None,
+                       accepted: bool = False, origin: tuple[str, int] | None = None,
+                       forced: bool = False) -> int:
+        """Insert the catalog row as ``running`` in its own transaction; returns its id.
+
+        ``health`` is the verdict the snapshot is taken under; ``origin`` (collection, snapshot)
+        says which restore created the collection backed up."""
+        origin_collection, origin_snapshot = origin or (None, None)
         with self.transaction("starting the snapshot") as cur:
             cur.execute(self.tables.fmt(
-                "INSERT INTO {snap} (collection_ref, status, forced, health, backend_pid, host) "
-                "VALUES (%s, 'running', %s, %s, pg_backend_pid(), %s) RETURNING snapshot_id"
-            ), (collection_ref, forced, health, socket.gethostname()))
+                "INSERT INTO {snap} (collection_ref, status, forced, health, health_detail, accepted, "
+                "origin_collection, origin_snapshot_id, backend_pid, host) "
+                "VALUES (%s, 'running', %s, %s, %s, %s, %s, %s, pg_backend_pid(), %s) RETURNING snapshot_id"
+            ), (collection_ref, forced, health, (health_detail or "")[:2000] or None, accepted, origin_collection,
+                origin_snapshot, socket.gethostname()))
             return cur.fetchone()[0]
 
     def fail_snapshot(self, snapshot_id: int, error: str) -> None:
@@ -514,7 +566,7 @@ class Database:
             where += " AND s.finished_at <= %s"
             params.append(at)
         if healthy_only:
-            where += " AND NOT s.forced AND coalesce(s.health, 'ok') = 'ok'"
+            where += " AND " + _HEALTHY
         with self.transaction("finding the latest snapshot") as cur:
             cur.execute(self._snapshots_query(where, limit=1), params)
             row = cur.fetchone()
@@ -640,14 +692,46 @@ class Database:
     # -- restores -------------------------------------------------------------------------------
 
     def begin_restore(self, snapshot: Snapshot, target: str, target_server: str, trigger: str,
-                      reason: str | None) -> int:
+                      reason: str | None, temporary_name: str | None = None) -> int:
         with self.transaction("recording the restore") as cur:
             cur.execute(self.tables.fmt(
                 "INSERT INTO {rest} (collection_ref, snapshot_id, source_snapshot_id, target, target_server, "
-                "status, trigger, reason) VALUES (%s, %s, %s, %s, %s, 'running', %s, %s) RETURNING restore_id"
+                "status, trigger, reason, temporary_name) VALUES (%s, %s, %s, %s, %s, 'running', %s, %s, %s) "
+                "RETURNING restore_id"
             ), (snapshot.collection_ref, snapshot.snapshot_id, snapshot.snapshot_id, target, target_server,
-                trigger, reason))
+                trigger, reason, temporary_name))
             return cur.fetchone()[0]
+
+    def set_restore_aside(self, restore_id: int, aside_name: str | None) -> None:
+        """Where an overwrite keeps the replaced target while it swaps (None once it is gone)."""
+        with self.transaction("recording the replaced collection") as cur:
+            cur.execute(self.tables.fmt("UPDATE {rest} SET aside_name = %s WHERE restore_id = %s"),
+                        (aside_name, restore_id))
+
+    def recovery_targets(self, tenant: str, database: str, target_server: str) -> dict[str, dict[str, Any]]:
+        """Collections restores created on that server, by name: the newest verified restore into
+        each (source collection, snapshot, collection id).  The catalog, not a name pattern, says
+        which collections are recovery targets."""
+        with self.transaction("listing recovery targets") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT DISTINCT ON (r.target) r.target, c.name, r.source_snapshot_id, r.target_collection_id "
+                "FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
+                "AND r.target_server = %s AND r.status = 'complete' AND r.verified "
+                "ORDER BY r.target, r.restore_id DESC"
+            ), (tenant, database, target_server))
+            return {row[0]: {"collection": row[1], "snapshot_id": row[2], "collection_id": row[3]}
+                    for row in cur.fetchall()}
+
+    def work_names(self, tenant: str, database: str, target_server: str) -> set[str]:
+        """Names restores use for their own work on that server (a collection being built, or a
+        replaced target kept aside): never backed up or checked as collections of their own."""
+        with self.transaction("listing restore work collections") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT r.temporary_name, r.aside_name FROM {rest} r JOIN {coll} c USING (collection_ref) "
+                "WHERE c.tenant = %s AND c.database = %s AND r.target_server = %s "
+                "AND (r.temporary_name IS NOT NULL OR r.aside_name IS NOT NULL)"
+            ), (tenant, database, target_server))
+            return {name for row in cur.fetchall() for name in row if name}
 
     def finish_restore(self, restore_id: int, *, status: str, records: int | None, verified: bool,
                        error: str | None = None, target_collection_id: str | None = None) -> None:
@@ -678,6 +762,45 @@ class Database:
             ), (collection_ref, n))
             return [row[0] for row in cur.fetchall()]
 
+    def record_verdict(self, collection_ref: int, status: str, detail: str, records: int | None,
+                       snapshot_id: int | None) -> None:
+        """Keep one health verdict (the history ``health --history`` lists)."""
+        with self.transaction("recording the health verdict") as cur:
+            cur.execute(self.tables.fmt(
+                "INSERT INTO {health} (collection_ref, status, detail, records, snapshot_id) "
+                "VALUES (%s, %s, %s, %s, %s)"
+            ), (collection_ref, status, detail[:2000], records, snapshot_id))
+
+    def health_history(self, tenant: str, database: str, name: str | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        """Verdicts, newest first, with the time each status began (``since``)."""
+        where = "c.tenant = %s AND c.database = %s" + (" AND c.name = %s" if name else "")
+        params: tuple = (tenant, database, name) if name else (tenant, database)
+        with self.transaction("reading the health history") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT name, checked_at, status, detail, records, snapshot_id, changed FROM ("
+                "  SELECT c.name, h.health_id, h.checked_at, h.status, h.detail, h.records, h.snapshot_id,"
+                "    h.status IS DISTINCT FROM lag(h.status) OVER (PARTITION BY h.collection_ref "
+                "      ORDER BY h.health_id) AS changed"
+                "  FROM {health} h JOIN {coll} c USING (collection_ref) WHERE " + where + ") v "
+                "ORDER BY health_id DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
+            ), params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def status_since(self, collection_ref: int) -> tuple[str, datetime] | None:
+        """The current health status of a collection and when it began."""
+        with self.transaction("reading the current health status") as cur:
+            cur.execute(self.tables.fmt(
+                "WITH latest AS (SELECT status FROM {health} WHERE collection_ref = %s "
+                "  ORDER BY health_id DESC LIMIT 1) "
+                "SELECT (SELECT status FROM latest), min(checked_at) FROM {health} h WHERE collection_ref = %s "
+                "AND health_id > coalesce((SELECT max(health_id) FROM {health} WHERE collection_ref = %s "
+                "  AND status <> (SELECT status FROM latest)), 0)"
+            ), (collection_ref, collection_ref, collection_ref))
+            row = cur.fetchone()
+        return (row[0], row[1]) if row and row[0] else None
+
     def list_restores(self, collection_ref: int, limit: int = 20) -> list[dict[str, Any]]:
         with self.transaction("listing restores") as cur:
             cur.execute(self.tables.fmt(
@@ -692,15 +815,20 @@ class Database:
 
     def prune_plan(self, collection_ref: int, retention_days: float, min_snapshots: int) -> tuple[list[int], list[int]]:
         """(complete snapshots to delete, failed runs to delete) for one collection: both once older
-        than ``retention_days``, but the newest ``min_snapshots`` complete ones always stay."""
+        than ``retention_days``, but the newest ``min_snapshots`` complete ones and the newest
+        ``min_snapshots`` taken while ``ok`` always stay (however many labelled ones are newer), so
+        auto-recovery always has its snapshot."""
         with self.transaction("planning the prune") as cur:
             cur.execute(self.tables.fmt(
                 "SELECT snapshot_id FROM ("
-                "  SELECT snapshot_id, finished_at, row_number() OVER (ORDER BY snapshot_id DESC) AS rank"
-                "  FROM {snap} WHERE collection_ref = %s AND status = 'complete') ranked "
-                "WHERE rank > %s AND finished_at < clock_timestamp() - make_interval(secs => %s) "
+                "  SELECT snapshot_id, finished_at, row_number() OVER (ORDER BY snapshot_id DESC) AS rank,"
+                "    CASE WHEN " + _HEALTHY + " THEN row_number() OVER ("
+                "      PARTITION BY " + _HEALTHY + " ORDER BY snapshot_id DESC) END AS ok_rank"
+                "  FROM {snap} s WHERE collection_ref = %s AND status = 'complete') ranked "
+                "WHERE rank > %s AND coalesce(ok_rank > %s, true) "
+                "AND finished_at < clock_timestamp() - make_interval(secs => %s) "
                 "ORDER BY snapshot_id"
-            ), (collection_ref, min_snapshots, retention_days * 86400.0))
+            ), (collection_ref, min_snapshots, min_snapshots, retention_days * 86400.0))
             expired = [row[0] for row in cur.fetchall()]
             # Failed runs hold no record versions; they stay visible (the operator's record of
             # what went wrong) until they are as old as an expired snapshot.
@@ -712,13 +840,20 @@ class Database:
             failed = [row[0] for row in cur.fetchall()]
         return expired, failed
 
-    def prune(self, collection_ref: int, snapshot_ids: list[int], *, commit: bool = True) -> int:
-        """Delete the snapshots and every record version no remaining complete snapshot sees;
-        returns the number of versions deleted (rolled back again when not ``commit``)."""
+    def prune(self, collection_ref: int, snapshot_ids: list[int], *, commit: bool = True,
+              verdicts_older_than_days: float | None = None) -> int:
+        """Delete the snapshots and every record version no remaining complete snapshot sees (and
+        health verdicts older than ``verdicts_older_than_days``); returns the number of versions
+        deleted (rolled back again when not ``commit``)."""
         tb = self.tables
         with self.transaction("pruning", commit=commit) as cur:
             cur.execute(tb.fmt("DELETE FROM {snap} WHERE collection_ref = %s AND snapshot_id = ANY(%s)"),
                         (collection_ref, snapshot_ids))
+            if verdicts_older_than_days is not None:
+                cur.execute(tb.fmt(
+                    "DELETE FROM {health} WHERE collection_ref = %s "
+                    "AND checked_at < clock_timestamp() - make_interval(secs => %s)"
+                ), (collection_ref, verdicts_older_than_days * 86400.0))
             cur.execute(tb.fmt(
                 "DELETE FROM {t} r WHERE r.collection_ref = %s AND r.valid_to IS NOT NULL AND NOT EXISTS ("
                 "  SELECT 1 FROM {snap} s WHERE s.collection_ref = r.collection_ref AND s.status = 'complete'"
@@ -728,7 +863,8 @@ class Database:
 
     def storage_bytes(self) -> int:
         """Total size (with indexes and TOAST) of every table of this BACKUP_TABLE."""
-        names = [self.tables.prefix + suffix for suffix in ("", "_collections", "_snapshots", "_restores", "_schema_version")]
+        names = [self.tables.prefix + suffix
+                 for suffix in ("", "_collections", "_snapshots", "_restores", "_schema_version", "_health")]
         with self.transaction("measuring storage") as cur:
             cur.execute("SELECT coalesce(sum(pg_total_relation_size(to_regclass(quote_ident(n)))), 0) "
                         "FROM unnest(%s::text[]) AS n", (names,))

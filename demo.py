@@ -94,11 +94,9 @@ class Report:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from chroma import ChromaStore, CollectionInfo
+    from chroma import CollectionInfo
     from config import load_settings
-    from db import Database, EmbeddedPostgres
-    from export_import import export_collection_to_postgres, verify_collection
-    from health import check_and_recover
+    from jobs import Backend, Operations
 
     workdir = tempfile.mkdtemp(prefix="chroma-demo-", dir="/tmp" if os.path.isdir("/tmp") else None)
     port = _free_port()
@@ -106,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               "CHROMA_COLLECTION_NAME": DEMO_COLLECTION, "HEALTH_CONFIRM_SECONDS": "1",
                               "DB_NAME": "chroma_backup"}, env_file=None)
     report = Report()
-    embedded = EmbeddedPostgres(workdir)
+    backend = Backend(settings)
     print(f"demo: working in {workdir}")
     with ExitStack() as cleanup:
         if args.keep:
@@ -116,12 +114,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with report("start Chroma server and embedded PostgreSQL") as notes:
             cleanup.enter_context(chroma_server(os.path.join(workdir, "chroma"), port,
                                                 os.path.join(workdir, "chroma.log")))
-            cleanup.callback(embedded.stop)
-            database = Database(settings, embedded.start(settings.db_name))
-            cleanup.callback(database.close)
-            database.migrate()
-            chroma = ChromaStore.connect(settings)
-            notes.append(f"chroma {chroma.address}, postgres {embedded.path}")
+            cleanup.callback(backend.close)
+            ops = Operations(backend)
+            cleanup.callback(ops.close)
+            ops.db  # starts the embedded PostgreSQL and creates the schema
+            chroma = ops.chroma
+            notes.append(f"chroma {chroma.address}, postgres {os.path.join(workdir, 'postgres')}")
         with report(f"create '{DEMO_COLLECTION}' ({args.records} records, {DIM}-d, cosine)") as notes:
             info = CollectionInfo(id="", name=DEMO_COLLECTION, metadata={"owner": "demo"},
                                   configuration_json={"hnsw": {"space": "cosine", "ef_construction": 128}},
@@ -133,7 +131,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 chroma.add(collection, _slice(batch, start, start + size))
             notes.append(f"{chroma.count(collection)} records")
         with report("backup #1 (full)") as notes:
-            first = export_collection_to_postgres(chroma, database, DEMO_COLLECTION, health="ok")
+            [first] = ops.backup_round([DEMO_COLLECTION])
+            if first.status != "complete":
+                raise RuntimeError(f"backup failed: {first.error}")
             notes.append(f"snapshot {first.snapshot_id}: {first.records} records written")
         with report("change records: 50 updated, 20 deleted, 30 added") as notes:
             changed = sample_batch(args.records + 30, seed=99)
@@ -142,7 +142,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             chroma.add(collection, _slice(changed, args.records, args.records + 30))
             notes.append(f"{chroma.count(collection)} records now")
         with report("backup #2 (incremental)") as notes:
-            second = export_collection_to_postgres(chroma, database, DEMO_COLLECTION, health="ok")
+            [second] = ops.backup_round([DEMO_COLLECTION])
+            if second.status != "complete":
+                raise RuntimeError(f"backup failed: {second.error}")
             notes.append(f"snapshot {second.snapshot_id}: +{second.added} ~{second.updated} -{second.deleted}, "
                          f"{second.bytes_written // 1024} KiB written")
         with report(f"disaster: delete collection '{DEMO_COLLECTION}'") as notes:
@@ -150,15 +152,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             notes.append("gone")
         target = settings.target_name(DEMO_COLLECTION)
         with report("health check detects it and auto-restores") as notes:
-            verdict, recovery = check_and_recover(
-                chroma, database, DEMO_COLLECTION, min_ratio=settings.health_min_record_ratio,
-                sample_size=settings.health_sample_size, confirm_seconds=settings.health_confirm_seconds,
-                target=target, restore=True)
+            [health] = ops.health_round([DEMO_COLLECTION], restore=True)
+            verdict, recovery = health.verdict, health.recovery
             notes.append(f"status={verdict.status}, recovery={recovery.action if recovery else 'none'} -> {target}")
             if recovery is None or recovery.action != "restored":
                 raise RuntimeError(f"recovery did not restore: {recovery}")
         with report(f"verify '{target}' against snapshot {second.snapshot_id}") as notes:
-            result = verify_collection(chroma, database, DEMO_COLLECTION, target=target)
+            result = ops.verify(DEMO_COLLECTION, target=target)
             notes.append(f"identical={result.identical}, {result.live_records} records, space {result.space}")
             if not result.identical:
                 raise RuntimeError("the restored collection differs from the snapshot")

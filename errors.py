@@ -70,3 +70,8 @@ def first_line(error: BaseException) -> str:
     or one error line may quote."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class SwapFailed(BackupError):
+    """An overwrite could not put the verified copy in place; the message says which collection
+    holds the target's name."""

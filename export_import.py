@@ -21,7 +21,8 @@ import numpy as np
 from chroma import ChromaStore, CollectionInfo
 from db import Database, Snapshot
 from errors import (BackupError, CollectionBusy, CollectionExists, Interrupted,
-                    SnapshotNotFound, VerificationFailed, first_line)
+                    SnapshotNotFound, SwapFailed, VerificationFailed, first_line)
+from states import COMPLETE, FAILED, TRIGGER_CLI
 from records import ContentDigest, RecordBatch, batch_rows, decode_metadata, encode_metadata
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class BackupResult:
     bytes_written: int = 0
     seconds: float = 0.0
     error: str | None = None
+    health: str | None = None  # the verdict the snapshot was taken under
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -125,15 +127,20 @@ class BackupResult:
         return data
 
 
-def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, *, force: bool = False,
-                                  health: str | None = None, batch_size: int = 0,
-                                  progress: Progress | None = None,
+def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, *,
+                                  health: str | None = None, health_detail: str | None = None,
+                                  accepted: bool = False, origin: tuple[str, int] | None = None,
+                                  batch_size: int = 0, progress: Progress | None = None,
                                   stop: threading.Event | None = None) -> BackupResult:
-    """Back up one collection as a new snapshot; only changed records are written.
+    """Back up one collection as a new snapshot labelled with the ``health`` verdict it was taken
+    under; only changed records are written.
 
     Raises ``CollectionNotFound`` (no snapshot row is made), ``CollectionBusy``, ``Interrupted`` or
     a store error; any failure after the snapshot row exists marks that row ``failed`` and leaves
     no record change behind (the changes and the flip to ``complete`` commit together).
+
+    In cosine space Chroma re-rounds every vector it stores (see ``COSINE_ULP_TOLERANCE``): a record
+    whose only difference from its stored version is such rounding is unchanged, not updated.
     """
     progress = progress or _no_progress
     started = time.monotonic()
@@ -142,8 +149,12 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
         info = chroma.describe(collection)
         ref = db.collection_ref(chroma.tenant, chroma.database, name, create=True)
         db.fail_stale_runs(ref)
-        snapshot_id = db.begin_snapshot(ref, forced=force, health=health)
+        snapshot_id = db.begin_snapshot(ref, health=health, health_detail=health_detail, accepted=accepted,
+                                        origin=origin)
         step = "reading the previous snapshot"
+        # The stored versions are looked up on a connection of their own: this one holds the
+        # snapshot's transaction (and sees the previous snapshot as it was).
+        lookup_db = db.sibling() if info.space == "cosine" else None
         try:
             previous = db.record_digests(ref)
             step = "listing ids"
@@ -159,19 +170,31 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                     _check_stop(stop, "backup")
                     if len(batch) and dimension is None:
                         dimension = int(batch.embeddings.shape[1])
-                    new_rows, changed = [], []
+                    new_rows, changed = [], {}
                     for row in batch_rows(batch):
                         record_id, digest = row[0], row[5]
-                        content.add(digest)
                         before = previous.pop(record_id, None)
                         if before is None:
                             added += 1
                             new_rows.append(row)
+                            content.add(digest)
                         elif before != digest:
+                            changed[record_id] = (row, before)
+                        else:
+                            content.add(digest)
+                    rounded = set()
+                    if changed and lookup_db is not None:
+                        stored = lookup_db.iter_snapshot_records(ref, None, len(changed), list(changed))
+                        rounded = _rounded_only({rid: row for rid, (row, _) in changed.items()}, stored,
+                                                COSINE_ULP_TOLERANCE)
+                    for record_id, (row, before) in changed.items():
+                        if record_id in rounded:
+                            content.add(before)  # the stored version stays current
+                        else:
                             updated += 1
-                            changed.append(record_id)
+                            content.add(row[5])
                             new_rows.append(row)
-                    writer.close_versions(changed)
+                    writer.close_versions(rid for rid in changed if rid not in rounded)
                     writer.insert_versions(new_rows)
                     progress(len(batch))
                 # Whatever the previous snapshot had and the listing no longer returns is deleted.
@@ -192,12 +215,15 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                 log.error("backup collection=%s snapshot=%d could not be marked failed: %s "
                           "(the next run will)", name, snapshot_id, second)
             raise
+        finally:
+            if lookup_db is not None:
+                lookup_db.close()
         if updated or deleted:
             db.vacuum_records()
     return BackupResult(
         collection=name, status="complete", snapshot_id=snapshot_id, records=content.count, added=added,
         updated=updated, deleted=deleted, dimension=dimension or info.dimension, digest=content.hexdigest(),
-        bytes_written=writer.bytes_written, seconds=time.monotonic() - started,
+        bytes_written=writer.bytes_written, seconds=time.monotonic() - started, health=health,
     )
 
 
@@ -353,12 +379,37 @@ def _index_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list
             for key in sorted(set(expected) | set(actual)) if expected.get(key) != actual.get(key)]
 
 
+def json_differences(expected: Any, actual: Any, path: str) -> list[str]:
+    """Every key path where two JSON documents differ, as ``path.key: expected X, got Y``."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = []
+        for key in sorted(set(expected) | set(actual), key=str):
+            out += json_differences(expected.get(key, _ABSENT), actual.get(key, _ABSENT), f"{path}.{key}")
+        return out
+    if expected == actual and type(expected) is type(actual) or (
+            isinstance(expected, (int, float)) and isinstance(actual, (int, float))
+            and not isinstance(expected, bool) and not isinstance(actual, bool) and expected == actual):
+        return []
+    return [f"{path}: expected {expected!r}, got {actual!r}"]
+
+
+_ABSENT = "<absent>"
+
+
 def collection_differences(expected: CollectionInfo, actual: CollectionInfo) -> list[str]:
-    """Index parameters and (typed) collection metadata that differ; legacy index keys, which
-    only say where a 0.6 server keeps its index parameters, are compared as parameters."""
+    """What differs between a saved and a live collection: index parameters and (typed)
+    collection metadata always; between two 1.x servers also every key of ``configuration_json``
+    (the embedding-function entry included) and of the schema.  Legacy index keys, which only say
+    where a 0.6 server keeps its index parameters, are compared as parameters."""
     differences = _index_differences(expected.index_params, actual.index_params)
     if encode_metadata(expected.user_metadata) != encode_metadata(actual.user_metadata):
         differences.append(f"collection metadata: expected {expected.user_metadata!r}, got {actual.user_metadata!r}")
+    if not expected.legacy and not actual.legacy:
+        if expected.configuration_json is not None:
+            differences += json_differences(expected.configuration_json, actual.configuration_json or {},
+                                            "configuration")
+        if expected.schema_json is not None:
+            differences += json_differences(expected.schema_json, actual.schema_json or {}, "schema")
     return differences
 
 
@@ -467,6 +518,7 @@ class RestoreResult:
     server: str = ""
     restore_id: int | None = None
     rounded: int = 0  # cosine space: records whose vectors Chroma re-rounded (see COSINE_ULP_TOLERANCE)
+    replaced_kept: str | None = None  # the replaced target's name when it was kept (or not deletable)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -482,17 +534,19 @@ def temporary_name(target: str, snapshot_id: int) -> str:
 
 def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, target: str,
                               snapshot_id: int | None = None, at: datetime | None = None,
-                              overwrite: bool = False, dry_run: bool = False, trigger: str = "cli",
+                              overwrite: bool = False, dry_run: bool = False, trigger: str = TRIGGER_CLI,
                               reason: str | None = None, tenant: str | None = None,
                               database: str | None = None, batch_size: int = 0,
-                              progress: Progress | None = None,
+                              keep_replaced: bool = False, progress: Progress | None = None,
                               stop: threading.Event | None = None) -> RestoreResult:
     """Restore a snapshot of collection ``name`` into ``target`` on ``chroma``, verified.
 
     The collection is re-created with the saved configuration/schema and metadata, filled in a
-    temporary collection, verified record by record (and its index parameters read back), and only
-    then given the target's name, replacing an existing target when ``overwrite``.  A failure
-    deletes the temporary collection and leaves the target as it was.
+    temporary collection, verified record by record (and its whole configuration and schema read
+    back), and only then given the target's name.  An existing target (``overwrite``) is renamed
+    aside first, the verified copy takes its name, and only then is the old one deleted (kept,
+    under the aside name, when ``keep_replaced``): a failure at any step leaves the old or the new
+    collection under the target's name, and the error says which.
     """
     started = time.monotonic()
     tenant, database = tenant or chroma.tenant, database or chroma.database
@@ -512,9 +566,9 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
         return result
 
     with db.collection_lock(tenant, database, name), db.collection_lock(tenant, database, target):
-        restore_id = db.begin_restore(snapshot, target, chroma.address, trigger, reason)
-        result.restore_id = restore_id
         building = temporary_name(target, snapshot.snapshot_id)
+        restore_id = db.begin_restore(snapshot, target, chroma.address, trigger, reason, temporary_name=building)
+        result.restore_id = restore_id
         created = False
         try:
             if chroma.exists(building):  # left behind by a killed restore: ours by its name
@@ -527,38 +581,14 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                 differences += _index_differences(info.index_params, configured)
             if differences:
                 raise VerificationFailed("re-created collection differs from the snapshot: " + "; ".join(differences))
-            size = chroma.batch_size(batch_size)
-            written = 0
-            expected = db.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
-            # The verifier looks up stored records (cosine space) on a connection of its own: this
-            # one is busy streaming the snapshot.
-            lookup_db = db.sibling() if info.space == "cosine" else None
-            verifier = _ReadBackVerifier(chroma, collection, expected,
-                                         _stored_loader(lookup_db, snapshot) if lookup_db else None)
-            try:
-                for batch in prefetch(db.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
-                    _check_stop(stop, "restore")
-                    chroma.add(collection, batch)
-                    verifier.submit(batch.ids)
-                    written += len(batch)
-                    (progress or _no_progress)(len(batch))
-                comparison = verifier.finish()
-            finally:
-                verifier.close()
-                if lookup_db is not None:
-                    lookup_db.close()
-            exact = comparison.rounded == 0
-            if not comparison.identical or (exact and comparison.content_digest != snapshot.digest):
-                raise VerificationFailed(
-                    f"restored collection does not match snapshot {snapshot.snapshot_id}: "
-                    f"missing={len(comparison.missing)} extra={len(comparison.extra)} "
-                    f"changed={len(comparison.changed)}"
-                )
+            comparison, written = _fill_and_verify(chroma, db, snapshot, info, collection, batch_size, progress, stop)
             if exists:
-                chroma.delete(target)
+                created = False  # from here on the verified copy is never deleted
+                result.replaced_kept = _swap_into_place(chroma, db, restore_id, collection, target, keep_replaced)
                 result.replaced = True
-            chroma.rename(collection, target)
-            created = False
+            else:
+                chroma.rename(collection, target)
+                created = False
             target_id = str(collection.id)
         except BaseException as error:
             if created:
@@ -567,18 +597,105 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                 except BackupError as cleanup:
                     log.error("restore could not delete temporary collection %s: %s", building, cleanup)
             try:
-                db.finish_restore(restore_id, status="failed", records=None, verified=False,
+                db.finish_restore(restore_id, status=FAILED, records=None, verified=False,
                                   error=f"{type(error).__name__}: {first_line(error)}")
             except BackupError as second:
                 log.error("restore %d could not be recorded as failed: %s", restore_id, second)
             raise
-        db.finish_restore(restore_id, status="complete", records=written, verified=True,
+        db.finish_restore(restore_id, status=COMPLETE, records=written, verified=True,
                           target_collection_id=target_id)
     result.rounded = comparison.rounded
     result.records = written
     result.verified = True
     result.seconds = time.monotonic() - started
     return result
+
+
+def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info: CollectionInfo, collection: Any,
+                     batch_size: int, progress: Progress | None,
+                     stop: threading.Event | None) -> tuple[Comparison, int]:
+    """Write the snapshot's records into ``collection`` and verify them as they land."""
+    size = chroma.batch_size(batch_size)
+    written = 0
+    expected = db.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
+    # The verifier looks up stored records (cosine space) on a connection of its own: this one is
+    # busy streaming the snapshot.
+    lookup_db = db.sibling() if info.space == "cosine" else None
+    verifier = _ReadBackVerifier(chroma, collection, expected,
+                                 _stored_loader(lookup_db, snapshot) if lookup_db else None)
+    try:
+        for batch in prefetch(db.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
+            _check_stop(stop, "restore")
+            chroma.add(collection, batch)
+            verifier.submit(batch.ids)
+            written += len(batch)
+            (progress or _no_progress)(len(batch))
+        comparison = verifier.finish()
+    finally:
+        verifier.close()
+        if lookup_db is not None:
+            lookup_db.close()
+    exact = comparison.rounded == 0
+    if not comparison.identical or (exact and comparison.content_digest != snapshot.digest):
+        raise VerificationFailed(
+            f"restored collection does not match snapshot {snapshot.snapshot_id}: "
+            f"missing={len(comparison.missing)} extra={len(comparison.extra)} "
+            f"changed={len(comparison.changed)}"
+        )
+    return comparison, written
+
+
+def _drop_quietly(chroma: ChromaStore, name: str) -> None:
+    try:
+        chroma.delete(name)
+    except BackupError as error:
+        log.error("restore could not delete temporary collection %s: %s", name, first_line(error))
+
+
+def replaced_name(target: str, restore_id: int) -> str:
+    """Where an overwrite keeps the old target while the verified copy takes its name."""
+    suffix = f"-replaced-{restore_id}"
+    return target[:512 - len(suffix)] + suffix
+
+
+def _swap_into_place(chroma: ChromaStore, db: Database, restore_id: int, collection: Any, target: str,
+                     keep_replaced: bool) -> str | None:
+    """Old target aside, verified copy into its name, old one deleted (or kept when
+    ``keep_replaced``).  Returns the name the old collection is kept under (None once deleted).
+    Every failure leaves one of the two under ``target`` and says which."""
+    aside = replaced_name(target, restore_id)
+    old = chroma.open(target)
+    db.set_restore_aside(restore_id, aside)
+    try:
+        chroma.rename(old, aside)
+    except BackupError as error:
+        _drop_quietly(chroma, collection.name)
+        raise SwapFailed(f"could not move the existing {target!r} aside ({first_line(error)}); "
+                         f"{target!r} is unchanged (the old collection)") from error
+    try:
+        chroma.rename(collection, target)
+    except BackupError as error:
+        try:
+            chroma.rename(old, target)
+        except BackupError as second:
+            raise SwapFailed(
+                f"could not rename the verified copy to {target!r} ({first_line(error)}) nor move the old "
+                f"collection back ({first_line(second)}): the old collection is {aside!r}, the verified copy "
+                f"{collection.name!r}; rename one of them to {target!r}") from error
+        _drop_quietly(chroma, collection.name)
+        raise SwapFailed(f"could not rename the verified copy to {target!r} ({first_line(error)}); "
+                         f"{target!r} is the old collection again") from error
+    if keep_replaced:
+        log.info("restore target=%s replaced; the old collection is kept as %s", target, aside)
+        return aside
+    try:
+        chroma.delete(aside)
+    except BackupError as error:
+        log.warning("restore target=%s replaced by the verified copy; the old collection could not be deleted "
+                    "and remains as %s: %s", target, aside, first_line(error))
+        return aside
+    db.set_restore_aside(restore_id, None)
+    return None
 
 
 # -- prune --------------------------------------------------------------------------------------
@@ -611,7 +728,7 @@ def prune_snapshots(db: Database, *, tenant: str, database: str, retention_days:
             with db.collection_lock(tenant, database, name):
                 ref = db.collection_ref(tenant, database, name)
                 expired, failed = db.prune_plan(ref, retention_days, min_snapshots)
-                versions = db.prune(ref, expired + failed, commit=not dry_run)
+                versions = db.prune(ref, expired + failed, commit=not dry_run, verdicts_older_than_days=retention_days)
                 if versions and not dry_run:
                     db.vacuum_records()
         except CollectionBusy as busy:

@@ -12,12 +12,13 @@ import logging
 import sys
 import time
 import warnings
-from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from config import Settings, load_settings, validate_collection_name
-from errors import BackupError, ChromaUnavailable, UsageError
+from config import Settings, load_settings
+from errors import BackupError, UsageError
+from jobs import Backend, Operations
+from states import COMPLETE, OK
 
 log = logging.getLogger("main")
 
@@ -27,7 +28,8 @@ COMMANDS_HELP = """commands:
   snapshots  list the snapshot catalog
   restore    restore a snapshot into a new (or replaced) collection, verified
   verify     compare a live collection with a snapshot
-  health     check collections' health (optionally recover them)
+  health     check collections' health (optionally recover them), or list its history
+  accept     accept a collection's new size after a deliberate deletion
   prune      apply the retention policy
   demo       a self-contained backup -> failure -> recovery run in a temporary directory
 """
@@ -60,74 +62,6 @@ def setup_logging(settings: Settings) -> None:
     # Third-party chatter (every HTTP request, telemetry) is not ours to log at INFO.
     for noisy in ("httpx", "httpcore", "chromadb", "urllib3", "posthog", "opentelemetry"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
-
-
-# -- stores -------------------------------------------------------------------------------------
-
-class Stores:
-    """Opens PostgreSQL (embedded if not configured) and Chroma on first use, with retries."""
-
-    def __init__(self, settings: Settings, stack: ExitStack):
-        self.settings = settings
-        self._stack = stack
-        self._embedded_dsn: str | None = None
-        self._embedded_started = False
-        self._db = None
-        self._chroma = None
-
-    def embedded_dsn(self) -> str | None:
-        if self.settings.embedded_postgres and not self._embedded_started:
-            from db import EmbeddedPostgres
-
-            self._embedded_dsn = EmbeddedPostgres(self.settings.data_dir).start(self.settings.db_name)
-            self._embedded_started = True
-        return self._embedded_dsn
-
-    def new_db(self):
-        """A fresh, migrated Database (one per thread)."""
-        from db import Database
-        from retry import call_with_retry
-
-        database = Database(self.settings, self.embedded_dsn())
-        call_with_retry(database.connect, what="postgres connect", attempts=self.settings.retry_max_attempts,
-                        max_seconds=self.settings.retry_max_seconds)
-        self._stack.callback(database.close)
-        return database
-
-    @property
-    def db(self):
-        if self._db is None:
-            self._db = self.new_db()
-            self._db.migrate()
-        return self._db
-
-    def chroma_at(self, host: str | None = None, port: int | None = None, ssl: bool | None = None):
-        """The configured Chroma server, or the one named by host/port/ssl overrides."""
-        if host is None and port is None and ssl is None:
-            return self.chroma
-        return self._connect_chroma(host, port, ssl)
-
-    def _connect_chroma(self, host: str | None, port: int | None, ssl: bool | None):
-        from chroma import ChromaStore
-        from retry import call_with_retry
-
-        return call_with_retry(lambda: ChromaStore.connect(self.settings, host=host, port=port, ssl=ssl),
-                               what="chroma connect", attempts=self.settings.retry_max_attempts,
-                               max_seconds=self.settings.retry_max_seconds)
-
-    @property
-    def chroma(self):
-        if self._chroma is None:
-            self._chroma = self._connect_chroma(None, None, None)
-        return self._chroma
-
-
-def single_collection(settings: Settings, requested: str | None) -> str:
-    if requested:
-        return requested
-    if not settings.all_collections and len(settings.collections) == 1:
-        return settings.collections[0]
-    raise UsageError("--collection NAME is required (CHROMA_COLLECTION_NAME names more than one collection)")
 
 
 # -- progress -----------------------------------------------------------------------------------
@@ -183,59 +117,51 @@ def parse_time(text: str) -> datetime:
 
 # -- commands -----------------------------------------------------------------------------------
 
-def cmd_backup(args: argparse.Namespace, stores: Stores) -> int:
-    from daemon import log_backup
-    from export_import import BackupResult
-    from health import guarded_backup
-    from targets import selected_collections
+def _progress_factory(json_output: bool) -> Callable[[str], Progress]:
+    return lambda name: Progress(f"backup {name}", None, not json_output)
 
-    settings = stores.settings
-    chroma, db = stores.chroma, stores.db
-    results = []
-    for name in args.collection or []:
-        validate_collection_name(name, "--collection")
-    for name in selected_collections(settings, chroma, args.collection):
-        progress = Progress(f"backup {name}", None, not args.json)
-        try:
-            result = guarded_backup(chroma, db, name, force=args.force, min_ratio=settings.health_min_record_ratio,
-                                    sample_size=settings.health_sample_size, batch_size=settings.batch_size,
-                                    progress=progress)
-        except BackupError as error:
-            result = BackupResult(collection=name, status="failed", error=str(error))
-        finally:
-            progress.close()
-        log_backup(result)
-        results.append(result)
+
+def cmd_backup(args: argparse.Namespace, ops: Operations) -> int:
+    if args.force:
+        log.info("backup --force is a no-op: every readable collection is backed up, labelled with its verdict")
+    results = ops.backup_round(args.collection, progress=_progress_factory(args.json))
     if args.json:
         emit_json([r.as_json() for r in results])
     else:
         for r in results:
-            if r.status == "complete":
+            if r.status == COMPLETE:
+                label = "" if r.health == OK else f" [health: {r.health}]"
                 print(f"{r.collection}: snapshot {r.snapshot_id} complete, {r.records} records "
-                      f"(+{r.added} ~{r.updated} -{r.deleted}) in {r.seconds:.1f}s")
+                      f"(+{r.added} ~{r.updated} -{r.deleted}) in {r.seconds:.1f}s{label}")
             else:
                 print(f"{r.collection}: {r.status}: {r.error}")
     if not results:
         print("no collections to back up", file=sys.stderr)
-    return 0 if results and all(r.status == "complete" for r in results) else 1
+    return 0 if results and all(r.status == COMPLETE for r in results) else 1
 
 
-def cmd_snapshots(args: argparse.Namespace, stores: Stores) -> int:
-    settings = stores.settings
-    snapshots = stores.db.list_snapshots(settings.chroma_tenant, settings.chroma_database, args.collection,
-                                         limit=args.limit)
+def cmd_snapshots(args: argparse.Namespace, ops: Operations) -> int:
+    snapshots = ops.snapshots(args.collection, limit=args.limit)
     if args.json:
         emit_json([s.as_json() for s in snapshots])
         return 0
     if not snapshots:
         print("no snapshots")
         return 0
-    print(f"{'ID':>6}  {'COLLECTION':<24} {'STATUS':<9} {'FINISHED (UTC)':<19} {'RECORDS':>9} "
+    print(f"{'ID':>6}  {'COLLECTION':<24} {'STATUS':<9} {'HEALTH':<11} {'FINISHED (UTC)':<19} {'RECORDS':>9} "
           f"{'ADDED':>7} {'UPDATED':>7} {'DELETED':>7} {'DIM':>5}  DIGEST")
     for s in snapshots:
-        print(f"{s.snapshot_id:>6}  {s.collection:<24} {s.status:<9} {_fmt_time(s.finished_at):<19} "
-              f"{_dash(s.records):>9} {_dash(s.added):>7} {_dash(s.updated):>7} {_dash(s.deleted):>7} "
-              f"{_dash(s.dimension):>5}  {(s.digest or '-')[:16]}" + (f"  {s.error}" if s.error else ""))
+        notes = []
+        if s.accepted:
+            notes.append("accepted by an operator")
+        if s.origin_collection:
+            notes.append(f"restored from {s.origin_collection} snapshot {s.origin_snapshot_id}")
+        if s.error:
+            notes.append(s.error)
+        print(f"{s.snapshot_id:>6}  {s.collection:<24} {s.status:<9} {_dash(s.health):<11} "
+              f"{_fmt_time(s.finished_at):<19} {_dash(s.records):>9} {_dash(s.added):>7} {_dash(s.updated):>7} "
+              f"{_dash(s.deleted):>7} {_dash(s.dimension):>5}  {(s.digest or '-')[:16]}"
+              + ("  " + "; ".join(notes) if notes else ""))
     return 0
 
 
@@ -243,27 +169,16 @@ def _dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def cmd_restore(args: argparse.Namespace, stores: Stores) -> int:
-    from export_import import import_postgres_to_chroma
-
-    settings = stores.settings
-    name = single_collection(settings, args.collection)
-    target = args.to or settings.target_name(name)
-    validate_collection_name(target, "--to")
-    at = parse_time(args.at) if args.at else None
-    chroma = stores.chroma_at(args.to_host, args.to_port, args.to_ssl)
-    progress = Progress(f"restore {name}", None, not args.json and not args.dry_run)
+def cmd_restore(args: argparse.Namespace, ops: Operations) -> int:
+    progress = Progress(f"restore {args.collection or ''}".strip(), None, not args.json and not args.dry_run)
     try:
-        result = import_postgres_to_chroma(
-            chroma, stores.db, name, target=target, snapshot_id=args.snapshot, at=at, overwrite=args.overwrite,
-            dry_run=args.dry_run, trigger="cli", reason=args.reason, tenant=settings.chroma_tenant,
-            database=settings.chroma_database, batch_size=settings.batch_size, progress=progress,
-        )
+        result = ops.restore(args.collection, to=args.to, snapshot_id=args.snapshot,
+                             at=parse_time(args.at) if args.at else None, overwrite=args.overwrite,
+                             dry_run=args.dry_run, reason=args.reason, host=args.to_host, port=args.to_port,
+                             ssl=args.to_ssl, progress=progress)
     finally:
         progress.close()
-    if not args.dry_run:
-        log.info("restore collection=%s snapshot=%d target=%s records=%d verified=%s seconds=%.2f",
-                 name, result.snapshot_id, target, result.records, result.verified, result.seconds)
+    name, target = result.source, result.target
     if args.json:
         emit_json(result.as_json())
     elif args.dry_run:
@@ -271,25 +186,23 @@ def cmd_restore(args: argparse.Namespace, stores: Stores) -> int:
               f"space {result.space}) into {target} on {result.server}"
               + (" replacing the existing collection" if result.target_exists else ""))
     else:
+        replaced = ""
+        if result.replaced:
+            replaced = " (replaced the existing collection" + (
+                f"; the old one remains as {result.replaced_kept})" if result.replaced_kept else ")")
         print(f"restored snapshot {result.snapshot_id} of {name} into {target}: {result.records} records, "
-              f"verified identical, {result.seconds:.1f}s" + (" (replaced the existing collection)" if result.replaced else ""))
+              f"verified identical, {result.seconds:.1f}s{replaced}")
     return 0
 
 
-def cmd_verify(args: argparse.Namespace, stores: Stores) -> int:
-    from export_import import verify_collection
-
-    name = single_collection(stores.settings, args.collection)
-    chroma = stores.chroma_at(args.host, args.port, args.ssl)
-    result = verify_collection(chroma, stores.db, name, snapshot_id=args.snapshot, target=args.target,
-                               tenant=stores.settings.chroma_tenant, database=stores.settings.chroma_database)
-    log.info("verify collection=%s target=%s snapshot=%d identical=%s missing=%d extra=%d changed=%d",
-             name, result.target, result.snapshot_id, result.identical, result.missing, result.extra, result.changed)
+def cmd_verify(args: argparse.Namespace, ops: Operations) -> int:
+    result = ops.verify(args.collection, snapshot_id=args.snapshot, target=args.target, host=args.host,
+                        port=args.port, ssl=args.ssl)
     if args.json:
         emit_json(result.as_json())
     else:
         verdict = "identical" if result.identical else "DIFFERENT"
-        print(f"{result.target} vs snapshot {result.snapshot_id} of {name}: {verdict} "
+        print(f"{result.target} vs snapshot {result.snapshot_id} of {result.collection}: {verdict} "
               f"({result.live_records} live, {result.expected_records} in snapshot; missing {result.missing}, "
               f"extra {result.extra}, changed {result.changed})")
         for kind, ids in result.examples.items():
@@ -299,20 +212,12 @@ def cmd_verify(args: argparse.Namespace, stores: Stores) -> int:
             print(f"  {result.rounded} cosine-space vectors differ from the snapshot by at most "
                   "2 units in the last place (Chroma re-rounds vectors it stores in cosine space)")
         for difference in result.index_differences:
-            print(f"  index: {difference}")
+            print(f"  collection: {difference}")
     return 0 if result.identical else 1
 
 
-def cmd_prune(args: argparse.Namespace, stores: Stores) -> int:
-    from export_import import prune_snapshots
-
-    settings = stores.settings
-    results = prune_snapshots(stores.db, tenant=settings.chroma_tenant, database=settings.chroma_database,
-                              retention_days=settings.retention_days, min_snapshots=settings.retention_min_snapshots,
-                              dry_run=args.dry_run)
-    for r in results:
-        log.info("prune collection=%s snapshots_deleted=%d failed_deleted=%d versions_deleted=%d dry_run=%s",
-                 r.collection, len(r.snapshots_deleted), len(r.failed_runs_deleted), r.versions_deleted, r.dry_run)
+def cmd_prune(args: argparse.Namespace, ops: Operations) -> int:
+    results = ops.prune(dry_run=args.dry_run)
     if args.json:
         emit_json([r.as_json() for r in results])
     else:
@@ -324,6 +229,51 @@ def cmd_prune(args: argparse.Namespace, stores: Stores) -> int:
                 print(f"{r.collection}: {verb} {len(r.snapshots_deleted)} snapshots, {len(r.failed_runs_deleted)} "
                       f"failed runs, {r.versions_deleted} record versions")
     return 1 if any(r.skipped for r in results) else 0
+
+
+def cmd_health(args: argparse.Namespace, ops: Operations) -> int:
+    if args.history:
+        return _health_history(args, ops)
+    reports = ops.health_round(args.collection, restore=args.restore)
+    if args.json:
+        emit_json([r.as_json() for r in reports])
+    else:
+        for report in reports:
+            verdict, recovery = report.verdict, report.recovery
+            since = f", since {report.since}" if report.since else ""
+            print(f"{verdict.collection}: {verdict.status} ({verdict.detail}){since}")
+            if recovery is not None:
+                print(f"  recovery: {recovery.action}: {recovery.detail}")
+        if not reports:
+            print("no collections to check")
+    # With --restore a recovered collection counts as handled: a scheduler reads 0.
+    healthy = (lambda r: r.recovered) if args.restore else (lambda r: r.verdict.ok)
+    return 0 if reports and all(healthy(r) for r in reports) else 1
+
+
+def _health_history(args: argparse.Namespace, ops: Operations) -> int:
+    names = args.collection or [None]
+    if len(names) > 1:
+        raise UsageError("health --history takes at most one --collection")
+    rows = ops.health_history(names[0], limit=args.limit)
+    if args.json:
+        emit_json(rows)
+        return 0
+    if not rows:
+        print("no health history")
+    for row in rows:
+        print(f"{_fmt_time(row['checked_at'])}  {row['name']:<24} -> {row['status']:<11} {row['detail'] or ''}")
+    return 0
+
+
+def cmd_accept(args: argparse.Namespace, ops: Operations) -> int:
+    result = ops.accept(args.collection)
+    if args.json:
+        emit_json(result.as_json())
+    else:
+        print(f"{result.collection}: accepted {result.records} records as the new baseline (snapshot "
+              f"{result.snapshot_id}; was {result.verdict_before})")
+    return 0
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -385,7 +335,8 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     p = add("backup", "Back up collections now (only changed records are written).")
     p.add_argument("--collection", action="append", metavar="NAME",
                    help="collection to back up (repeatable; default: CHROMA_COLLECTION_NAME)")
-    p.add_argument("--force", action="store_true", help="back up even a collection that fails its health check")
+    p.add_argument("--force", action="store_true",
+                   help="no-op, kept for old scripts: every readable collection is backed up, labelled with its verdict")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = add("snapshots", "List snapshots, newest first.")
@@ -412,10 +363,18 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     _server_options(p, "", "the Chroma server holding LIVE (default CHROMADB_HOST)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = add("health", "Check collections' health: ok, unreachable, missing, corrupt or shrunk (exit 1 unless all ok).")
+    p = add("health", "Check collections' health: ok, unreachable, missing, corrupt or shrunk (exit 1 unless all "
+                      "ok; with --restore, unless all ok or recovered).")
     p.add_argument("--collection", action="append", metavar="NAME", help="collection to check (repeatable)")
     p.add_argument("--restore", action="store_true", help="apply the auto-recovery policy to failing collections")
+    p.add_argument("--history", action="store_true", help="list status transitions instead of checking")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="with --history: at most N transitions")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+
+    p = add("accept", "Accept a collection's current size as its new baseline after a deliberate deletion "
+                      "(the 'shrunk' verdict then clears).")
+    p.add_argument("--collection", required=True, metavar="NAME", help="the collection")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = add("prune", "Apply the retention policy (RETENTION_DAYS, RETENTION_MIN_SNAPSHOTS).")
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
@@ -427,7 +386,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args: argparse.Namespace, stores: Stores) -> int:
+def cmd_run(args: argparse.Namespace, ops: Operations) -> int:
     import threading
 
     from daemon import Daemon, install_signal_handlers
@@ -435,52 +394,15 @@ def cmd_run(args: argparse.Namespace, stores: Stores) -> int:
 
     stop = threading.Event()
     install_signal_handlers(stop)
-    return Daemon(stores.settings, stores, Metrics(), stop).run()
-
-
-def cmd_health(args: argparse.Namespace, stores: Stores) -> int:
-    from daemon import log_verdict
-    from health import HealthVerdict, check_and_recover
-    from targets import health_targets
-
-    s = stores.settings
-    db = stores.db
-    try:
-        chroma = stores.chroma_at()
-    except ChromaUnavailable as error:
-        chroma, unreachable = None, str(error)
-    for name in args.collection or []:
-        validate_collection_name(name, "--collection")
-    rows = []
-    for name in health_targets(s, chroma, db, args.collection):
-        recovery = None
-        if chroma is None:
-            verdict = HealthVerdict(name, "unreachable", unreachable, None, None, None,
-                                    datetime.now(timezone.utc).isoformat(timespec="seconds"), 0.0)
-        else:
-            verdict, recovery = check_and_recover(
-                chroma, db, name, min_ratio=s.health_min_record_ratio, sample_size=s.health_sample_size,
-                confirm_seconds=s.health_confirm_seconds, target=s.target_name(name), restore=args.restore,
-                batch_size=s.batch_size)
-        log_verdict(verdict)
-        rows.append((verdict, recovery))
-    if args.json:
-        emit_json([{**v.as_json(), "recovery": r.as_json() if r else None} for v, r in rows])
-    else:
-        for verdict, recovery in rows:
-            print(f"{verdict.collection}: {verdict.status} ({verdict.detail})")
-            if recovery is not None:
-                print(f"  recovery: {recovery.action}: {recovery.detail}")
-        if not rows:
-            print("no collections to check")
-    return 0 if rows and all(v.ok for v, _ in rows) else 1
+    return Daemon(ops.backend, Metrics(), stop).run()
 
 
 def _commands() -> dict[str, Callable]:
     from demo import cmd_demo
 
     return {"run": cmd_run, "backup": cmd_backup, "snapshots": cmd_snapshots, "restore": cmd_restore,
-            "verify": cmd_verify, "health": cmd_health, "prune": cmd_prune, "demo": cmd_demo}
+            "verify": cmd_verify, "health": cmd_health, "accept": cmd_accept, "prune": cmd_prune,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,8 +419,11 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         settings = load_settings()
         setup_logging(settings)
-        with ExitStack() as stack:
-            return args.func(args, Stores(settings, stack))
+        ops = Operations(Backend(settings))
+        try:
+            return args.func(args, ops)
+        finally:
+            ops.close()
     except BackupError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

@@ -6,7 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-HEALTH_STATUSES = ("ok", "unreachable", "missing", "corrupt", "shrunk")
+from states import HEALTH_STATUSES
 
 
 class Metrics:

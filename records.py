@@ -144,3 +144,17 @@ class ContentDigest:
 
     def digest(self) -> bytes:
         return self.total.to_bytes(DIGEST_BITS // 8, "big")
+
+
+def concat_batches(batches: Sequence[RecordBatch]) -> RecordBatch:
+    """One batch holding the records of ``batches`` in order (empty batches allowed)."""
+    parts = [b for b in batches if len(b)]
+    if not parts:
+        return RecordBatch([], np.zeros((0, 0), dtype="<f4"), [], [], [])
+    return RecordBatch(
+        ids=[rid for b in parts for rid in b.ids],
+        embeddings=np.concatenate([b.embeddings for b in parts]),
+        documents=[d for b in parts for d in b.documents],
+        metadatas=[m for b in parts for m in b.metadatas],
+        uris=[u for b in parts for u in b.uris],
+    )

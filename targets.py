@@ -1,38 +1,48 @@
-"""Which collections a command or job works on."""
+"""Which collections a round works on.
+
+``--collection`` wins, else CHROMA_COLLECTION_NAME; ``*`` means every collection on the server.
+No collection is ever left out because of its name: recovery targets are backed up and checked
+like any other.  The only collections left out of ``*`` are the ones restores use for their own
+work (a copy being built, a replaced target kept aside), recognised from the restores table, and
+each is reported by the caller in one line.
+"""
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings
 
-TEMPORARY_MARK = "-restoring-"  # export_import.temporary_name puts it in every temporary restore
+
+@dataclass
+class Selection:
+    names: list[str]
+    excluded: dict[str, str] = field(default_factory=dict)  # name -> why it was left out
 
 
-def selected_collections(settings: Settings, chroma: Any, requested: list[str] | None) -> list[str]:
-    """--collection, else CHROMA_COLLECTION_NAME; ``*`` = every collection on the server except
-    restore targets of other collections and temporary restore collections (a recovered copy is
-    not backed up as a collection of its own)."""
+def selected_collections(settings: Settings, chroma: Any, db: Any, requested: list[str] | None) -> Selection:
+    """The collections to back up."""
     if requested:
-        return list(dict.fromkeys(requested))
+        return Selection(list(dict.fromkeys(requested)))
     if not settings.all_collections:
-        return list(settings.collections)
-    return [name for name in chroma.list_collection_names() if not is_restore_target(settings, name)]
+        return Selection(list(settings.collections))
+    work = db.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
+    live = chroma.list_collection_names()
+    return Selection([n for n in live if n not in work],
+                     {n: "a restore's working collection (being built, or a replaced target kept aside)"
+                      for n in live if n in work})
 
 
-def is_restore_target(settings: Settings, name: str) -> bool:
-    """True for names NEW_COLLECTION_NAME produces (e.g. ``*_restored``) and temporary restores."""
-    template = settings.new_collection_name
-    pattern = "^" + ".+".join(re.escape(part) for part in template.split("{name}")) + "$"
-    return TEMPORARY_MARK in name or re.match(pattern, name) is not None
-
-
-def health_targets(settings: Settings, chroma: Any, db: Any, requested: list[str] | None) -> list[str]:
-    """Collections to check: as ``selected_collections``, and with ``*`` also every collection
-    that has backups (a deleted collection no longer shows up in Chroma's list)."""
-    if requested or not settings.all_collections:
-        return selected_collections(settings, chroma, requested)
-    live = selected_collections(settings, chroma, None) if chroma is not None else []
+def health_targets(settings: Settings, chroma: Any, db: Any, requested: list[str] | None) -> Selection:
+    """Collections to check: as ``selected_collections``, and with ``*`` also every collection that
+    has backups (a deleted collection no longer shows up in Chroma's list)."""
+    if requested or not settings.all_collections or chroma is None:
+        if chroma is None and not requested and settings.all_collections:
+            return Selection(db.collection_names(settings.chroma_tenant, settings.chroma_database))
+        return selected_collections(settings, chroma, db, requested)
+    selection = selected_collections(settings, chroma, db, None)
     backed_up = db.collection_names(settings.chroma_tenant, settings.chroma_database)
-    return list(dict.fromkeys(live + [n for n in backed_up if not is_restore_target(settings, n)]))
+    work = db.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
+    selection.names = list(dict.fromkeys(selection.names + [n for n in backed_up if n not in work]))
+    return selection

@@ -352,3 +352,93 @@ def test_restore_verification_catches_a_silently_changed_record(stores, client, 
         import_postgres_to_chroma(CorruptingAdds(chroma), db, name, target=name + "-t", batch_size=100)
     assert name + "-t" not in chroma.list_collection_names()
     assert not [c for c in chroma.list_collection_names() if "-restoring-" in c]
+
+
+class FailingSwap:
+    """Wraps the real store and fails one step of an overwrite's swap: a fault Chroma cannot
+    produce on demand.  ``step``: 'aside' (rename the old target away), 'into' (rename the verified
+    copy into the target's name), 'delete' (delete the old one)."""
+
+    def __init__(self, inner, step):
+        self._inner = inner
+        self.step = step
+        self.renames = 0
+
+    def __getattr__(self, attr):
+        return getattr(self._inner, attr)
+
+    def rename(self, collection, new_name):
+        self.renames += 1
+        if (self.step, self.renames) in (("aside", 1), ("into", 2)):
+            from errors import ChromaFailure
+
+            raise ChromaFailure(f"injected failure renaming to {new_name}")
+        return self._inner.rename(collection, new_name)
+
+    def delete(self, name):
+        if self.step == "delete" and "-replaced-" in name:
+            from errors import ChromaFailure
+
+            raise ChromaFailure("injected failure deleting")
+        return self._inner.delete(name)
+
+
+def _ids(client, name):
+    return sorted(client.get_collection(name, embedding_function=None).get()["ids"])
+
+
+@pytest.mark.parametrize("step,message", [
+    ("aside", r"could not move the existing '.*-t' aside \(injected failure renaming to .*-t-replaced-\d+\); "
+              r"'.*-t' is unchanged \(the old collection\)"),
+    ("into", r"could not rename the verified copy to '.*-t' \(injected failure renaming to .*-t\); "
+             r"'.*-t' is the old collection again"),
+])
+def test_a_failed_swap_step_leaves_the_old_collection_under_the_target_name(stores, client, name, step, message):
+    from errors import SwapFailed
+
+    chroma, db = stores
+    make_collection(client, name, 50)
+    export_collection_to_postgres(chroma, db, name)
+    client.create_collection(name + "-t", embedding_function=None).add(ids=["old"], embeddings=[[1.0] * 8])
+    with pytest.raises(SwapFailed, match=message):
+        import_postgres_to_chroma(FailingSwap(chroma, step), db, name, target=name + "-t", overwrite=True)
+    assert _ids(client, name + "-t") == ["old"]
+    assert [c for c in chroma.list_collection_names() if c.startswith(name + "-t")] == [name + "-t"]
+    restores = db.list_restores(db.collection_ref("default_tenant", "default_database", name))
+    assert restores[0]["status"] == "failed"
+
+
+def test_a_failed_delete_after_the_swap_leaves_the_new_collection_and_keeps_the_old(stores, client, name):
+    chroma, db = stores
+    make_collection(client, name, 50)
+    export_collection_to_postgres(chroma, db, name)
+    client.create_collection(name + "-t", embedding_function=None).add(ids=["old"], embeddings=[[1.0] * 8])
+    result = import_postgres_to_chroma(FailingSwap(chroma, "delete"), db, name, target=name + "-t", overwrite=True)
+    assert result.replaced and result.verified
+    assert result.replaced_kept == f"{name}-t-replaced-{result.restore_id}"
+    assert len(_ids(client, name + "-t")) == 50
+    assert _ids(client, result.replaced_kept) == ["old"]
+
+
+def test_a_swap_that_cannot_even_move_the_old_one_back_names_both(stores, client, name):
+    from errors import SwapFailed
+
+    class Stuck(FailingSwap):
+        def rename(self, collection, new_name):
+            self.renames += 1
+            if self.renames >= 2:
+                from errors import ChromaFailure
+
+                raise ChromaFailure("injected")
+            return self._inner.rename(collection, new_name)
+
+    chroma, db = stores
+    make_collection(client, name, 50)
+    export_collection_to_postgres(chroma, db, name)
+    client.create_collection(name + "-t", embedding_function=None).add(ids=["old"], embeddings=[[1.0] * 8])
+    with pytest.raises(SwapFailed, match=r"the old collection is '.*-t-replaced-\d+', the verified copy "
+                                         r"'.*-t-restoring-\d+'; rename one of them to '.*-t'"):
+        import_postgres_to_chroma(Stuck(chroma, "x"), db, name, target=name + "-t", overwrite=True)
+    names = chroma.list_collection_names()
+    assert any(n.startswith(name + "-t-replaced-") for n in names)  # nothing was deleted
+    assert any(n.startswith(name + "-t-restoring-") for n in names)

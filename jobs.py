@@ -1,0 +1,423 @@
+"""The operations layer: the one place that opens the stores from ``Settings`` and runs a round.
+
+The CLI (``main.py``: parse, print), the daemon (``daemon.py``: schedule, signals) and the demo
+are thin callers of ``Operations``; none of them opens a store or repeats a round.  Every round
+returns result objects that say everything a caller may print, log, export as metrics or serve.
+
+Rounds isolate collections: a problem in one collection (an unexpected exception included) gives
+that collection a ``failed`` result, logged with its traceback at DEBUG, and the round goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from config import Settings, validate_collection_name
+from errors import (BackupError, ChromaUnavailable, CollectionNotFound, Interrupted, UsageError,
+                    VerificationFailed, first_line)
+from states import COMPLETE, FAILED, MISSING, OK, RECOVERED, SHRUNK, TRIGGER_CLI, UNREACHABLE
+
+log = logging.getLogger(__name__)
+
+ProgressFactory = Callable[[str], Any]  # collection name -> progress callable with .close()
+
+
+def log_backup(result: Any) -> None:
+    """The one log line of a backup run."""
+    if result.status == COMPLETE:
+        log.info("backup collection=%s snapshot=%d status=complete health=%s records=%d added=%d updated=%d "
+                 "deleted=%d seconds=%.2f", result.collection, result.snapshot_id, result.health, result.records,
+                 result.added, result.updated, result.deleted, result.seconds)
+    else:
+        log.error("backup collection=%s status=%s error=%s", result.collection, result.status, result.error)
+
+
+def log_verdict(verdict: Any) -> None:
+    level = logging.INFO if verdict.ok else logging.WARNING
+    log.log(level, "health collection=%s status=%s records=%s snapshot_records=%s seconds=%.2f detail=%s",
+            verdict.collection, verdict.status, verdict.records, verdict.snapshot_records, verdict.seconds,
+            verdict.detail)
+
+
+@dataclass
+class HealthReport:
+    """One collection's verdict, what recovery did about it, and since when the status holds."""
+
+    verdict: Any
+    recovery: Any = None
+    since: str | None = None
+
+    @property
+    def collection(self) -> str:
+        return self.verdict.collection
+
+    @property
+    def recovered(self) -> bool:
+        """ok, or broken and a good copy is in place (restored now or already)."""
+        return self.verdict.ok or (self.recovery is not None and self.recovery.action in RECOVERED)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.verdict.as_json(), "since": self.since,
+                "recovery": self.recovery.as_json() if self.recovery else None}
+
+
+@dataclass
+class AcceptResult:
+    collection: str
+    records: int
+    snapshot_id: int
+    previous_baseline: int | None
+    verdict_before: str
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Backend:
+    """What every ``Operations`` of one process shares: the settings, and the embedded PostgreSQL
+    (started once, on first use, when no server is configured)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._embedded: Any = None
+        self._dsn: str | None = None
+        self._migrated = False
+
+    def embedded_dsn(self) -> str | None:
+        if not self.settings.embedded_postgres:
+            return None
+        with self._lock:
+            if self._embedded is None:
+                from db import EmbeddedPostgres
+
+                embedded = EmbeddedPostgres(self.settings.data_dir)
+                self._dsn = embedded.start(self.settings.db_name)
+                self._embedded = embedded
+        return self._dsn
+
+    def close(self) -> None:
+        """Stop the embedded PostgreSQL if this process started it."""
+        with self._lock:
+            if self._embedded is not None:
+                self._embedded.stop()
+                self._embedded = None
+
+    def ready(self, db: Any) -> None:
+        """Migrate the schema, once per process."""
+        with self._lock:
+            if not self._migrated:
+                db.migrate()
+                self._migrated = True
+
+
+class Operations:
+    """Opens the stores (lazily, with bounded retries) and runs rounds.  One instance per thread:
+    it owns one PostgreSQL connection and one Chroma client."""
+
+    def __init__(self, backend: Backend, *, stop: threading.Event | None = None, retry_jobs: bool = False,
+                 chroma_timeout: float | None = None):
+        self.backend = backend
+        self.settings = backend.settings
+        self.stop = stop
+        self.retry_jobs = retry_jobs
+        self.chroma_timeout = chroma_timeout
+        self._db: Any = None
+        self._chroma: Any = None
+        self._stack = ExitStack()
+
+    # -- stores ---------------------------------------------------------------------------------
+
+    def _retry(self, fn: Callable[[], Any], what: str) -> Any:
+        from retry import call_with_retry
+
+        return call_with_retry(fn, what=what, attempts=self.settings.retry_max_attempts,
+                               max_seconds=self.settings.retry_max_seconds, stop=self.stop)
+
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            from db import Database
+
+            database = Database(self.settings, self.backend.embedded_dsn())
+            self._retry(database.connect, "postgres connect")
+            self._stack.callback(database.close)
+            self.backend.ready(database)
+            self._db = database
+        return self._db
+
+    @property
+    def chroma(self) -> Any:
+        if self._chroma is None:
+            self._chroma = self.chroma_at()
+        return self._chroma
+
+    def chroma_at(self, host: str | None = None, port: int | None = None, ssl: bool | None = None) -> Any:
+        """The configured Chroma server, or the one named by host/port/ssl."""
+        from chroma import ChromaStore
+
+        if host is None and port is None and ssl is None and self._chroma is not None:
+            return self._chroma
+        return self._retry(lambda: ChromaStore.connect(self.settings, host=host, port=port, ssl=ssl,
+                                                       timeout=self.chroma_timeout), "chroma connect")
+
+    def close(self) -> None:
+        self._stack.close()
+        self._db = None
+        self._chroma = None
+
+    def _check_names(self, names: list[str] | None, option: str = "--collection") -> None:
+        for name in names or []:
+            validate_collection_name(name, option)
+
+    def single_collection(self, requested: str | None) -> str:
+        if requested:
+            self._check_names([requested])
+            return requested
+        s = self.settings
+        if not s.all_collections and len(s.collections) == 1:
+            return s.collections[0]
+        raise UsageError("--collection NAME is required (CHROMA_COLLECTION_NAME names more than one collection)")
+
+    def _excluded(self, selection: Any) -> None:
+        for name, why in selection.excluded.items():
+            log.info("skipped collection=%s reason=%s", name, why)
+
+    # -- backup ---------------------------------------------------------------------------------
+
+    def backup_round(self, requested: list[str] | None = None,
+                     progress: ProgressFactory | None = None) -> list[Any]:
+        """Back up every selected collection that can be read, each labelled with its verdict."""
+        from targets import selected_collections
+
+        self._check_names(requested)
+        chroma, db = self.chroma, self.db
+        selection = self._retry(lambda: selected_collections(self.settings, chroma, db, requested),
+                                "list collections") if self.retry_jobs else \
+            selected_collections(self.settings, chroma, db, requested)
+        self._excluded(selection)
+        results = []
+        for name in selection.names:
+            if self.stop is not None and self.stop.is_set():
+                break
+            results.append(self._isolated_backup(name, progress))
+        return results
+
+    def _isolated_backup(self, name: str, progress: ProgressFactory | None) -> Any:
+        from export_import import BackupResult
+
+        bar = progress(name) if progress else None
+        try:
+            if self.retry_jobs:
+                result = self._retry(lambda: self.backup_one(name, bar), f"backup {name}")
+            else:
+                result = self.backup_one(name, bar)
+        except Interrupted as error:
+            log_backup(BackupResult(collection=name, status=FAILED, error=str(error)))
+            raise
+        except BackupError as error:
+            result = BackupResult(collection=name, status=FAILED, error=str(error))
+        except Exception as error:  # the collection's boundary: the round goes on
+            log.debug("backup collection=%s unexpected error", name, exc_info=True)
+            result = BackupResult(collection=name, status=FAILED,
+                                  error=f"unexpected {type(error).__name__}: {first_line(error)}")
+        finally:
+            if bar is not None:
+                bar.close()
+        log_backup(result)
+        return result
+
+    def backup_one(self, name: str, progress: Any = None) -> Any:
+        """Check ``name`` and back it up under that verdict (a missing or unreachable collection
+        cannot be read: that raises)."""
+        from export_import import export_collection_to_postgres
+        from recovery import origin_of
+
+        chroma, db = self.chroma, self.db
+        verdict = self.check(name)
+        if verdict.status == MISSING:
+            raise CollectionNotFound(f"collection {name!r} does not exist")
+        if verdict.status == UNREACHABLE:
+            raise ChromaUnavailable(f"Chroma unreachable: {verdict.detail}")
+        made = origin_of(chroma, db, name)
+        origin = None
+        if made is not None and made["collection_id"] == str(chroma.open(name).id):
+            origin = (made["collection"], made["snapshot_id"])
+        return export_collection_to_postgres(
+            chroma, db, name, health=verdict.status, health_detail=verdict.detail, origin=origin,
+            batch_size=self.settings.batch_size, progress=progress, stop=self.stop)
+
+    def accept(self, name: str) -> AcceptResult:
+        """An operator accepts the collection's current size: a snapshot of it now, labelled ``ok``
+        and ``accepted``, becomes the baseline the shrink check compares with.  Refused (exit 1)
+        when the collection is anything but ``ok`` or ``shrunk``."""
+        self._check_names([name])
+        before = self.check(name)
+        if before.status not in (OK, SHRUNK):
+            raise VerificationFailed(f"collection {name!r} is {before.status} ({before.detail}); accept only "
+                                     "accepts a new size of a readable collection")
+        from export_import import export_collection_to_postgres
+
+        result = export_collection_to_postgres(self.chroma, self.db, name, health=OK, accepted=True,
+                                               health_detail=f"size accepted by an operator (was {before.status})",
+                                               batch_size=self.settings.batch_size, stop=self.stop)
+        log.info("accept collection=%s records=%d snapshot=%d previous_baseline=%s", name, result.records,
+                 result.snapshot_id, before.snapshot_id)
+        return AcceptResult(name, result.records, result.snapshot_id, before.snapshot_id, before.status)
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def check(self, name: str, *, min_ratio: float | None = None) -> Any:
+        from health import check_collection_health
+
+        s = self.settings
+        verdict = check_collection_health(self.chroma, self.db, name,
+                                          min_ratio=s.health_min_record_ratio if min_ratio is None else min_ratio,
+                                          sample_size=s.health_sample_size)
+        ref = self.db.collection_ref(s.chroma_tenant, s.chroma_database, name)
+        if ref is not None:
+            self.db.record_verdict(ref, verdict.status, verdict.detail, verdict.records, verdict.snapshot_id)
+        return verdict
+
+    def health_round(self, requested: list[str] | None = None, *, restore: bool = False) -> list[HealthReport]:
+        """Check every selected collection (and, with ``restore``, recover confirmed failures)."""
+        from targets import health_targets
+
+        self._check_names(requested)
+        db = self.db
+        try:
+            chroma = self.chroma
+        except ChromaUnavailable as error:
+            chroma, unreachable = None, str(error)
+        selection = health_targets(self.settings, chroma, db, requested)
+        self._excluded(selection)
+        reports = []
+        for name in selection.names:
+            if self.stop is not None and self.stop.is_set():
+                break
+            if chroma is None:
+                report = HealthReport(_unreachable(name, unreachable))
+            else:
+                report = self._isolated_health(name, restore)
+            report.since = self._since(name)
+            log_verdict(report.verdict)
+            reports.append(report)
+        return reports
+
+    def _isolated_health(self, name: str, restore: bool) -> HealthReport:
+        from health import HealthVerdict
+        from recovery import check_and_recover, recover_collection
+
+        s = self.settings
+        try:
+            verdict, recovery = check_and_recover(
+                lambda: self.check(name),
+                lambda v: recover_collection(self.chroma, self.db, v, target_name=s.target_name, stop=self.stop,
+                                             batch_size=s.batch_size),
+                confirm_seconds=s.health_confirm_seconds, restore=restore, stop=self.stop)
+        except Interrupted:
+            raise
+        except Exception as error:  # the collection's boundary: the round goes on
+            log.debug("health collection=%s unexpected error", name, exc_info=True)
+            message = error if isinstance(error, BackupError) else f"unexpected {type(error).__name__}: {first_line(error)}"
+            verdict = HealthVerdict(name, FAILED, f"health check failed: {message}", None, None, None, _now(), 0.0)
+            recovery = None
+        return HealthReport(verdict, recovery)
+
+    def _since(self, name: str) -> str | None:
+        s = self.settings
+        try:
+            ref = self.db.collection_ref(s.chroma_tenant, s.chroma_database, name)
+            current = self.db.status_since(ref) if ref is not None else None
+        except BackupError:
+            return None
+        return current[1].isoformat() if current else None
+
+    def health_history(self, name: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Status transitions (a verdict whose status differs from the one before), newest first."""
+        self._check_names([name] if name else None)
+        s = self.settings
+        rows = self.db.health_history(s.chroma_tenant, s.chroma_database, name)
+        transitions = [r for r in rows if r["changed"]]
+        return transitions[:limit] if limit else transitions
+
+    # -- restore, verify, snapshots, prune ------------------------------------------------------
+
+    def restore(self, name: str | None, *, to: str | None = None, snapshot_id: int | None = None,
+                at: datetime | None = None, overwrite: bool = False, dry_run: bool = False,
+                reason: str | None = None, host: str | None = None, port: int | None = None,
+                ssl: bool | None = None, progress: Any = None) -> Any:
+        from export_import import import_postgres_to_chroma
+
+        s = self.settings
+        name = self.single_collection(name)
+        target = to or s.target_name(name)
+        validate_collection_name(target, "--to")
+        chroma = self.chroma_at(host, port, ssl)
+        result = import_postgres_to_chroma(
+            chroma, self.db, name, target=target, snapshot_id=snapshot_id, at=at, overwrite=overwrite,
+            dry_run=dry_run, trigger=TRIGGER_CLI, reason=reason, tenant=s.chroma_tenant, database=s.chroma_database,
+            batch_size=s.batch_size, progress=progress, stop=self.stop)
+        if not dry_run:
+            log.info("restore collection=%s snapshot=%d target=%s records=%d verified=%s seconds=%.2f",
+                     name, result.snapshot_id, target, result.records, result.verified, result.seconds)
+        return result
+
+    def verify(self, name: str | None, *, snapshot_id: int | None = None, target: str | None = None,
+               host: str | None = None, port: int | None = None, ssl: bool | None = None) -> Any:
+        from export_import import verify_collection
+
+        s = self.settings
+        name = self.single_collection(name)
+        if target:
+            self._check_names([target], "--target")
+        result = verify_collection(self.chroma_at(host, port, ssl), self.db, name, snapshot_id=snapshot_id,
+                                   target=target, tenant=s.chroma_tenant, database=s.chroma_database)
+        log.info("verify collection=%s target=%s snapshot=%d identical=%s missing=%d extra=%d changed=%d",
+                 name, result.target, result.snapshot_id, result.identical, result.missing, result.extra,
+                 result.changed)
+        return result
+
+    def snapshots(self, name: str | None = None, limit: int | None = None) -> list[Any]:
+        s = self.settings
+        self._check_names([name] if name else None)
+        return self.db.list_snapshots(s.chroma_tenant, s.chroma_database, name, limit=limit)
+
+    def prune(self, *, dry_run: bool = False) -> list[Any]:
+        from export_import import prune_snapshots
+
+        s = self.settings
+        results = prune_snapshots(self.db, tenant=s.chroma_tenant, database=s.chroma_database,
+                                  retention_days=s.retention_days, min_snapshots=s.retention_min_snapshots,
+                                  dry_run=dry_run)
+        for r in results:
+            if r.snapshots_deleted or r.failed_runs_deleted or r.versions_deleted or dry_run:
+                log.info("prune collection=%s snapshots_deleted=%d failed_deleted=%d versions_deleted=%d dry_run=%s",
+                         r.collection, len(r.snapshots_deleted), len(r.failed_runs_deleted), r.versions_deleted,
+                         r.dry_run)
+        return results
+
+    def last_success(self) -> dict[str, float]:
+        """Unix time of each collection's newest complete snapshot (seeds the metrics at start)."""
+        s = self.settings
+        newest: dict[str, float] = {}
+        for snap in self.db.list_snapshots(s.chroma_tenant, s.chroma_database):
+            if snap.status == COMPLETE and snap.finished_at and snap.collection not in newest:
+                newest[snap.collection] = snap.finished_at.timestamp()
+        return newest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _unreachable(name: str, detail: str) -> Any:
+    from health import HealthVerdict
+
+    return HealthVerdict(name, UNREACHABLE, detail, None, None, None, _now(), 0.0)
+
