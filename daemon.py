@@ -89,7 +89,7 @@ class Daemon:
     def backup_job(self) -> None:
         ops = self.backup_ops
         if not self._seeded:
-            ops.db.fail_stale_runs()  # runs a killed process left 'running'
+            ops.db.catalog.fail_stale_runs()  # runs a killed process left 'running'
             for name, when in ops.last_success().items():  # the stopped-backup alarm holds across restarts
                 self.metrics.last_success.labels(name).set(when)
             self._seeded = True

@@ -144,19 +144,19 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
     """
     progress = progress or _no_progress
     started = time.monotonic()
-    with db.collection_lock(chroma.tenant, chroma.database, name):
+    with db.locks.collection_lock(chroma.tenant, chroma.database, name):
         collection = chroma.open(name)
         info = chroma.describe(collection)
-        ref = db.collection_ref(chroma.tenant, chroma.database, name, create=True)
-        db.fail_stale_runs(ref)
-        snapshot_id = db.begin_snapshot(ref, health=health, health_detail=health_detail, accepted=accepted,
+        ref = db.catalog.collection_ref(chroma.tenant, chroma.database, name, create=True)
+        db.catalog.fail_stale_runs(ref)
+        snapshot_id = db.catalog.begin_snapshot(ref, health=health, health_detail=health_detail, accepted=accepted,
                                         origin=origin)
         step = "reading the previous snapshot"
         # The stored versions are looked up on a connection of their own: this one holds the
         # snapshot's transaction (and sees the previous snapshot as it was).
         lookup_db = db.sibling() if info.space == "cosine" else None
         try:
-            previous = db.record_digests(ref)
+            previous = db.records.record_digests(ref)
             step = "listing ids"
             ids = chroma.list_ids(collection)
             size = chroma.read_batch_size(batch_size)
@@ -164,7 +164,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
             added = updated = 0
             dimension: int | None = None
             step = "copying records"
-            with db.snapshot_writer(ref, snapshot_id) as writer:
+            with db.records.snapshot_writer(ref, snapshot_id) as writer:
                 fetches = (chroma.fetch(collection, chunk) for chunk in _batches(ids, size))
                 for batch in prefetch(fetches):
                     _check_stop(stop, "backup")
@@ -184,7 +184,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                             content.add(digest)
                     rounded = set()
                     if changed and lookup_db is not None:
-                        stored = lookup_db.iter_snapshot_records(ref, None, len(changed), list(changed))
+                        stored = lookup_db.records.iter_snapshot_records(ref, None, len(changed), list(changed))
                         rounded = _rounded_only({rid: row for rid, (row, _) in changed.items()}, stored,
                                                 COSINE_ULP_TOLERANCE)
                     for record_id, (row, before) in changed.items():
@@ -210,7 +210,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
         except BaseException as error:
             message = f"{step}: {type(error).__name__}: {first_line(error)}"
             try:
-                db.fail_snapshot(snapshot_id, message)
+                db.catalog.fail_snapshot(snapshot_id, message)
             except BackupError as second:
                 log.error("backup collection=%s snapshot=%d could not be marked failed: %s "
                           "(the next run will)", name, snapshot_id, second)
@@ -219,7 +219,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
             if lookup_db is not None:
                 lookup_db.close()
         if updated or deleted:
-            db.vacuum_records()
+            db.records.vacuum_records()
     return BackupResult(
         collection=name, status="complete", snapshot_id=snapshot_id, records=content.count, added=added,
         updated=updated, deleted=deleted, dimension=dimension or info.dimension, digest=content.hexdigest(),
@@ -452,17 +452,17 @@ def snapshot_info(snapshot: Snapshot) -> CollectionInfo:
 def resolve_snapshot(db: Database, tenant: str, database: str, name: str, *, snapshot_id: int | None = None,
                      at: datetime | None = None, healthy_only: bool = False) -> Snapshot:
     """The snapshot a restore or verify means: by id, newest at or before ``at``, or newest."""
-    ref = db.collection_ref(tenant, database, name)
+    ref = db.catalog.collection_ref(tenant, database, name)
     if ref is None:
         raise SnapshotNotFound(f"no backups of collection {name!r} (tenant {tenant}, database {database})")
     if snapshot_id is not None:
-        snapshot = db.get_snapshot(snapshot_id)
+        snapshot = db.catalog.get_snapshot(snapshot_id)
         if snapshot is None or snapshot.collection_ref != ref:
             raise SnapshotNotFound(f"snapshot {snapshot_id} is not a snapshot of collection {name!r}")
         if snapshot.status != "complete":
             raise SnapshotNotFound(f"snapshot {snapshot_id} is {snapshot.status}, not complete")
         return snapshot
-    snapshot = db.latest_complete(ref, at=at, healthy_only=healthy_only)
+    snapshot = db.catalog.latest_complete(ref, at=at, healthy_only=healthy_only)
     if snapshot is None:
         when = f" at or before {at.isoformat()}" if at else ""
         raise SnapshotNotFound(f"no complete snapshot of collection {name!r}{when}")
@@ -471,7 +471,7 @@ def resolve_snapshot(db: Database, tenant: str, database: str, name: str, *, sna
 
 def _stored_loader(db: Database, snapshot: Snapshot) -> StoredLoader:
     def load(record_ids: list[str]) -> Iterable[RecordBatch]:
-        return db.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, len(record_ids) or 1,
+        return db.records.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, len(record_ids) or 1,
                                         record_ids=record_ids)
     return load
 
@@ -485,7 +485,7 @@ def verify_collection(chroma: ChromaStore, db: Database, name: str, *, snapshot_
     snapshot = resolve_snapshot(db, tenant, database, name, snapshot_id=snapshot_id)
     target = target or name
     collection = chroma.open(target)
-    expected = db.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
+    expected = db.records.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
     info = snapshot_info(snapshot)
     comparison = compare_collection(chroma, collection, expected, space=info.space,
                                     load_stored=_stored_loader(db, snapshot), progress=progress)
@@ -565,9 +565,9 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
         result.seconds = time.monotonic() - started
         return result
 
-    with db.collection_lock(tenant, database, name), db.collection_lock(tenant, database, target):
+    with db.locks.collection_lock(tenant, database, name), db.locks.collection_lock(tenant, database, target):
         building = temporary_name(target, snapshot.snapshot_id)
-        restore_id = db.begin_restore(snapshot, target, chroma.address, trigger, reason, temporary_name=building)
+        restore_id = db.restores.begin_restore(snapshot, target, chroma.address, trigger, reason, temporary_name=building)
         result.restore_id = restore_id
         created = False
         try:
@@ -597,12 +597,12 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                 except BackupError as cleanup:
                     log.error("restore could not delete temporary collection %s: %s", building, cleanup)
             try:
-                db.finish_restore(restore_id, status=FAILED, records=None, verified=False,
+                db.restores.finish_restore(restore_id, status=FAILED, records=None, verified=False,
                                   error=f"{type(error).__name__}: {first_line(error)}")
             except BackupError as second:
                 log.error("restore %d could not be recorded as failed: %s", restore_id, second)
             raise
-        db.finish_restore(restore_id, status=COMPLETE, records=written, verified=True,
+        db.restores.finish_restore(restore_id, status=COMPLETE, records=written, verified=True,
                           target_collection_id=target_id)
     result.rounded = comparison.rounded
     result.records = written
@@ -617,14 +617,14 @@ def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info
     """Write the snapshot's records into ``collection`` and verify them as they land."""
     size = chroma.batch_size(batch_size)
     written = 0
-    expected = db.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
+    expected = db.records.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
     # The verifier looks up stored records (cosine space) on a connection of its own: this one is
     # busy streaming the snapshot.
     lookup_db = db.sibling() if info.space == "cosine" else None
     verifier = _ReadBackVerifier(chroma, collection, expected,
                                  _stored_loader(lookup_db, snapshot) if lookup_db else None)
     try:
-        for batch in prefetch(db.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
+        for batch in prefetch(db.records.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
             _check_stop(stop, "restore")
             chroma.add(collection, batch)
             verifier.submit(batch.ids)
@@ -665,7 +665,7 @@ def _swap_into_place(chroma: ChromaStore, db: Database, restore_id: int, collect
     Every failure leaves one of the two under ``target`` and says which."""
     aside = replaced_name(target, restore_id)
     old = chroma.open(target)
-    db.set_restore_aside(restore_id, aside)
+    db.restores.set_restore_aside(restore_id, aside)
     try:
         chroma.rename(old, aside)
     except BackupError as error:
@@ -694,7 +694,7 @@ def _swap_into_place(chroma: ChromaStore, db: Database, restore_id: int, collect
         log.warning("restore target=%s replaced by the verified copy; the old collection could not be deleted "
                     "and remains as %s: %s", target, aside, first_line(error))
         return aside
-    db.set_restore_aside(restore_id, None)
+    db.restores.set_restore_aside(restore_id, None)
     return None
 
 
@@ -723,14 +723,14 @@ def prune_snapshots(db: Database, *, tenant: str, database: str, retention_days:
     A dry run does the same work in a transaction it rolls back, so its counts are exact.
     """
     results = []
-    for name in db.collection_names(tenant, database):
+    for name in db.catalog.collection_names(tenant, database):
         try:
-            with db.collection_lock(tenant, database, name):
-                ref = db.collection_ref(tenant, database, name)
-                expired, failed = db.prune_plan(ref, retention_days, min_snapshots)
-                versions = db.prune(ref, expired + failed, commit=not dry_run, verdicts_older_than_days=retention_days)
+            with db.locks.collection_lock(tenant, database, name):
+                ref = db.catalog.collection_ref(tenant, database, name)
+                expired, failed = db.retention.prune_plan(ref, retention_days, min_snapshots)
+                versions = db.retention.prune(ref, expired + failed, commit=not dry_run, verdicts_older_than_days=retention_days)
                 if versions and not dry_run:
-                    db.vacuum_records()
+                    db.records.vacuum_records()
         except CollectionBusy as busy:
             results.append(PruneResult(name, [], [], 0, dry_run, skipped=str(busy)))
             continue

@@ -176,7 +176,7 @@ def _fetch_sample(chroma: ChromaStore, collection: Any, ids: list[str]) -> Recor
 def _sample(chroma: ChromaStore, db: Database, collection: Any, ref: int | None, count: int, n: int) -> RecordBatch:
     """Up to ``n`` random records: ids from the newest backup first (they must still be readable),
     topped up with random positions in the live collection."""
-    ids = db.sample_record_ids(ref, n) if ref is not None else []
+    ids = db.records.sample_record_ids(ref, n) if ref is not None else []
     batch = _fetch_sample(chroma, collection, ids) if ids else concat_batches([])
     wanted = min(n, count)
     if len(batch) < wanted:
@@ -196,8 +196,8 @@ def check_collection_health(chroma: ChromaStore, db: Database, name: str, *, min
     """
     started = time.monotonic()
     tenant, database = tenant or chroma.tenant, database or chroma.database
-    ref = db.collection_ref(tenant, database, name)
-    baseline = db.latest_complete(ref, healthy_only=True) if ref is not None else None
+    ref = db.catalog.collection_ref(tenant, database, name)
+    baseline = db.catalog.latest_complete(ref, healthy_only=True) if ref is not None else None
     state: dict[str, Any] = {"records": None, "probe": None}
 
     def verdict(status: str, detail: str) -> HealthVerdict:

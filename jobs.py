@@ -116,9 +116,9 @@ class Backend:
                 self._migrated = True
 
 
-class Operations:
-    """Opens the stores (lazily, with bounded retries) and runs rounds.  One instance per thread:
-    it owns one PostgreSQL connection and one Chroma client."""
+class Stores:
+    """Opens the stores lazily, with bounded retries.  One instance per thread: it owns one
+    PostgreSQL connection and one Chroma client."""
 
     def __init__(self, backend: Backend, *, stop: threading.Event | None = None, retry_jobs: bool = False,
                  chroma_timeout: float | None = None):
@@ -188,6 +188,11 @@ class Operations:
         for name, why in selection.excluded.items():
             log.info("skipped collection=%s reason=%s", name, why)
 
+
+
+class Rounds(Stores):
+    """The scheduled work: backup and health rounds, each collection isolated from the others."""
+
     # -- backup ---------------------------------------------------------------------------------
 
     def backup_round(self, requested: list[str] | None = None,
@@ -252,24 +257,6 @@ class Operations:
             chroma, db, name, health=verdict.status, health_detail=verdict.detail, origin=origin,
             batch_size=self.settings.batch_size, progress=progress, stop=self.stop)
 
-    def accept(self, name: str) -> AcceptResult:
-        """An operator accepts the collection's current size: a snapshot of it now, labelled ``ok``
-        and ``accepted``, becomes the baseline the shrink check compares with.  Refused (exit 1)
-        when the collection is anything but ``ok`` or ``shrunk``."""
-        self._check_names([name])
-        before = self.check(name)
-        if before.status not in (OK, SHRUNK):
-            raise VerificationFailed(f"collection {name!r} is {before.status} ({before.detail}); accept only "
-                                     "accepts a new size of a readable collection")
-        from export_import import export_collection_to_postgres
-
-        result = export_collection_to_postgres(self.chroma, self.db, name, health=OK, accepted=True,
-                                               health_detail=f"size accepted by an operator (was {before.status})",
-                                               batch_size=self.settings.batch_size, stop=self.stop)
-        log.info("accept collection=%s records=%d snapshot=%d previous_baseline=%s", name, result.records,
-                 result.snapshot_id, before.snapshot_id)
-        return AcceptResult(name, result.records, result.snapshot_id, before.snapshot_id, before.status)
-
     # -- health ---------------------------------------------------------------------------------
 
     def check(self, name: str, *, min_ratio: float | None = None) -> Any:
@@ -279,9 +266,9 @@ class Operations:
         verdict = check_collection_health(self.chroma, self.db, name,
                                           min_ratio=s.health_min_record_ratio if min_ratio is None else min_ratio,
                                           sample_size=s.health_sample_size)
-        ref = self.db.collection_ref(s.chroma_tenant, s.chroma_database, name)
+        ref = self.db.catalog.collection_ref(s.chroma_tenant, s.chroma_database, name)
         if ref is not None:
-            self.db.record_verdict(ref, verdict.status, verdict.detail, verdict.records, verdict.snapshot_id)
+            self.db.verdicts.record_verdict(ref, verdict.status, verdict.detail, verdict.records, verdict.snapshot_id)
         return verdict
 
     def health_round(self, requested: list[str] | None = None, *, restore: bool = False) -> list[HealthReport]:
@@ -332,17 +319,40 @@ class Operations:
     def _since(self, name: str) -> str | None:
         s = self.settings
         try:
-            ref = self.db.collection_ref(s.chroma_tenant, s.chroma_database, name)
-            current = self.db.status_since(ref) if ref is not None else None
+            ref = self.db.catalog.collection_ref(s.chroma_tenant, s.chroma_database, name)
+            current = self.db.verdicts.status_since(ref) if ref is not None else None
         except BackupError:
             return None
         return current[1].isoformat() if current else None
+
+
+class Operations(Rounds):
+    """The rounds plus what an operator asks for: accept, restore, verify, snapshots, prune, history.
+    The CLI, the daemon and the demo call these; nothing else opens a store."""
+
+    def accept(self, name: str) -> AcceptResult:
+        """An operator accepts the collection's current size: a snapshot of it now, labelled ``ok``
+        and ``accepted``, becomes the baseline the shrink check compares with.  Refused (exit 1)
+        when the collection is anything but ``ok`` or ``shrunk``."""
+        self._check_names([name])
+        before = self.check(name)
+        if before.status not in (OK, SHRUNK):
+            raise VerificationFailed(f"collection {name!r} is {before.status} ({before.detail}); accept only "
+                                     "accepts a new size of a readable collection")
+        from export_import import export_collection_to_postgres
+
+        result = export_collection_to_postgres(self.chroma, self.db, name, health=OK, accepted=True,
+                                               health_detail=f"size accepted by an operator (was {before.status})",
+                                               batch_size=self.settings.batch_size, stop=self.stop)
+        log.info("accept collection=%s records=%d snapshot=%d previous_baseline=%s", name, result.records,
+                 result.snapshot_id, before.snapshot_id)
+        return AcceptResult(name, result.records, result.snapshot_id, before.snapshot_id, before.status)
 
     def health_history(self, name: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Status transitions (a verdict whose status differs from the one before), newest first."""
         self._check_names([name] if name else None)
         s = self.settings
-        rows = self.db.health_history(s.chroma_tenant, s.chroma_database, name)
+        rows = self.db.verdicts.health_history(s.chroma_tenant, s.chroma_database, name)
         transitions = [r for r in rows if r["changed"]]
         return transitions[:limit] if limit else transitions
 
@@ -386,7 +396,7 @@ class Operations:
     def snapshots(self, name: str | None = None, limit: int | None = None) -> list[Any]:
         s = self.settings
         self._check_names([name] if name else None)
-        return self.db.list_snapshots(s.chroma_tenant, s.chroma_database, name, limit=limit)
+        return self.db.catalog.list_snapshots(s.chroma_tenant, s.chroma_database, name, limit=limit)
 
     def prune(self, *, dry_run: bool = False) -> list[Any]:
         from export_import import prune_snapshots
@@ -406,7 +416,7 @@ class Operations:
         """Unix time of each collection's newest complete snapshot (seeds the metrics at start)."""
         s = self.settings
         newest: dict[str, float] = {}
-        for snap in self.db.list_snapshots(s.chroma_tenant, s.chroma_database):
+        for snap in self.db.catalog.list_snapshots(s.chroma_tenant, s.chroma_database):
             if snap.status == COMPLETE and snap.finished_at and snap.collection not in newest:
                 newest[snap.collection] = snap.finished_at.timestamp()
         return newest

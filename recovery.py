@@ -51,7 +51,7 @@ class Recovery:
 def origin_of(chroma: ChromaStore, db: Database, name: str) -> dict[str, Any] | None:
     """The restore that created collection ``name`` on this server (source collection, snapshot,
     collection id), or None when ``name`` is not a recovery target."""
-    return db.recovery_targets(chroma.tenant, chroma.database, chroma.address).get(name)
+    return db.restores.recovery_targets(chroma.tenant, chroma.database, chroma.address).get(name)
 
 
 def _already_restored(chroma: ChromaStore, db: Database, name: str, target: str, snapshot_id: int) -> bool:

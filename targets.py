@@ -27,7 +27,7 @@ def selected_collections(settings: Settings, chroma: Any, db: Any, requested: li
         return Selection(list(dict.fromkeys(requested)))
     if not settings.all_collections:
         return Selection(list(settings.collections))
-    work = db.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
+    work = db.restores.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
     live = chroma.list_collection_names()
     return Selection([n for n in live if n not in work],
                      {n: "a restore's working collection (being built, or a replaced target kept aside)"
@@ -39,10 +39,10 @@ def health_targets(settings: Settings, chroma: Any, db: Any, requested: list[str
     has backups (a deleted collection no longer shows up in Chroma's list)."""
     if requested or not settings.all_collections or chroma is None:
         if chroma is None and not requested and settings.all_collections:
-            return Selection(db.collection_names(settings.chroma_tenant, settings.chroma_database))
+            return Selection(db.catalog.collection_names(settings.chroma_tenant, settings.chroma_database))
         return selected_collections(settings, chroma, db, requested)
     selection = selected_collections(settings, chroma, db, None)
-    backed_up = db.collection_names(settings.chroma_tenant, settings.chroma_database)
-    work = db.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
+    backed_up = db.catalog.collection_names(settings.chroma_tenant, settings.chroma_database)
+    work = db.restores.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
     selection.names = list(dict.fromkeys(selection.names + [n for n in backed_up if n not in work]))
     return selection

@@ -166,12 +166,12 @@ def m_backup(port: int, database_url: str, table: str) -> dict:
     from export_import import export_collection_to_postgres
 
     chroma, database = stores(port, database_url, table)
-    before = database.storage_bytes()
+    before = database.retention.storage_bytes()
     started = time.perf_counter()
     result = export_collection_to_postgres(chroma, database, COLLECTION)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb(),
-            "bytes_written": database.storage_bytes() - before, "copy_bytes": result.bytes_written,
+            "bytes_written": database.retention.storage_bytes() - before, "copy_bytes": result.bytes_written,
             "added": result.added, "updated": result.updated, "deleted": result.deleted}
 
 
@@ -355,7 +355,7 @@ def run(args) -> dict:
 def size_of(port: int, database_url: str, table: str) -> int:
     _, database = stores(port, database_url, table)
     try:
-        return database.storage_bytes()
+        return database.retention.storage_bytes()
     finally:
         database.close()
 

@@ -100,7 +100,7 @@ def test_a_1536_dimension_collection_round_trips(stores, client, name):
     import_postgres_to_chroma(chroma, db, name, target=name + "-copy")
     assert_same_records(read_all(client.get_collection(name, embedding_function=None)),
                         read_all(client.get_collection(name + "-copy", embedding_function=None)))
-    assert db.list_snapshots("default_tenant", "default_database", name)[0].dimension == 1536
+    assert db.catalog.list_snapshots("default_tenant", "default_database", name)[0].dimension == 1536
 
 
 def test_an_empty_collection_backs_up_and_restores(stores, client, name):
@@ -187,7 +187,7 @@ def test_records_deleted_during_a_backup_never_hide_survivors(stores, client, na
 
     backup = export_collection_to_postgres(chroma, db, name, batch_size=300, progress=delete_midway)
     survivors = set(col.get(include=[])["ids"])
-    in_snapshot = set(db.record_digests(db.collection_ref("default_tenant", "default_database", name),
+    in_snapshot = set(db.records.record_digests(db.catalog.collection_ref("default_tenant", "default_database", name),
                                         backup.snapshot_id))
     assert len(survivors) == 1500
     assert survivors <= in_snapshot
@@ -241,7 +241,7 @@ def test_a_failed_restore_leaves_no_half_filled_collection(stores, client, name)
         import_postgres_to_chroma(FailingAdds(chroma), db, name, target=name + "-t", overwrite=True, batch_size=100)
     assert client.get_collection(name + "-t", embedding_function=None).get()["ids"] == ["keep"]
     assert not [c for c in chroma.list_collection_names() if c.startswith(name + "-t")  and c != name + "-t"]
-    restores = db.list_restores(db.collection_ref("default_tenant", "default_database", name))
+    restores = db.restores.list_restores(db.catalog.collection_ref("default_tenant", "default_database", name))
     assert restores[0]["status"] == "failed" and "injected failure" in restores[0]["error"]
 
 
@@ -262,7 +262,7 @@ def test_backup_of_a_missing_collection_fails_without_a_snapshot(stores, name):
     chroma, db = stores
     with pytest.raises(CollectionNotFound):
         export_collection_to_postgres(chroma, db, name)
-    assert db.list_snapshots("default_tenant", "default_database") == []
+    assert db.catalog.list_snapshots("default_tenant", "default_database") == []
 
 
 def test_a_second_backup_of_a_busy_collection_is_refused(stores, client, name, settings):
@@ -271,7 +271,7 @@ def test_a_second_backup_of_a_busy_collection_is_refused(stores, client, name, s
     chroma, db = stores
     make_collection(client, name, 10)
     other = Database(settings)
-    with other.collection_lock("default_tenant", "default_database", name):
+    with other.locks.collection_lock("default_tenant", "default_database", name):
         with pytest.raises(CollectionBusy, match=f"collection '{name}' is busy"):
             export_collection_to_postgres(chroma, db, name)
     other.close()
@@ -285,7 +285,7 @@ def test_a_lock_on_one_collection_does_not_make_another_busy(stores, client, nam
     make_collection(client, name, 10)
     other = Database(settings)
     try:
-        with other.collection_lock("default_tenant", "default_database", name + "-other"):
+        with other.locks.collection_lock("default_tenant", "default_database", name + "-other"):
             assert export_collection_to_postgres(chroma, db, name).status == "complete"
     finally:
         other.close()
@@ -299,8 +299,8 @@ def test_prune_keeps_the_minimum_and_every_kept_snapshot_still_restores(stores, 
         col.update(ids=[f"r{round_}"], metadatas=[{"round": round_}])
         col.delete(ids=[f"r{50 + round_}"])
         snapshots.append(export_collection_to_postgres(chroma, db, name))
-    ref = db.collection_ref("default_tenant", "default_database", name)
-    db.fail_snapshot(db.begin_snapshot(ref, forced=False, health=None), "test failure")
+    ref = db.catalog.collection_ref("default_tenant", "default_database", name)
+    db.catalog.fail_snapshot(db.catalog.begin_snapshot(ref, forced=False, health=None), "test failure")
     before = version_count(db)
 
     dry = prune_snapshots(db, tenant="default_tenant", database="default_database", retention_days=0,
@@ -312,7 +312,7 @@ def test_prune_keeps_the_minimum_and_every_kept_snapshot_still_restores(stores, 
     assert len(result.failed_runs_deleted) == 1
     assert result.versions_deleted == dry[0].versions_deleted > 0
     assert version_count(db) == before - result.versions_deleted
-    remaining = [s.snapshot_id for s in db.list_snapshots("default_tenant", "default_database", name)]
+    remaining = [s.snapshot_id for s in db.catalog.list_snapshots("default_tenant", "default_database", name)]
     assert remaining == [snapshots[3].snapshot_id, snapshots[2].snapshot_id]
     for snap in snapshots[2:]:
         target = f"{name}-s{snap.snapshot_id}"
@@ -325,12 +325,12 @@ def test_prune_keeps_recent_snapshots_and_recent_failed_runs(stores, client, nam
     make_collection(client, name, 10)
     for _ in range(3):
         export_collection_to_postgres(chroma, db, name)
-    ref = db.collection_ref("default_tenant", "default_database", name)
-    db.fail_snapshot(db.begin_snapshot(ref, forced=False, health=None), "test failure")
+    ref = db.catalog.collection_ref("default_tenant", "default_database", name)
+    db.catalog.fail_snapshot(db.catalog.begin_snapshot(ref, forced=False, health=None), "test failure")
     [result] = prune_snapshots(db, tenant="default_tenant", database="default_database", retention_days=30,
                                min_snapshots=1)
     assert result.snapshots_deleted == [] and result.failed_runs_deleted == []
-    statuses = [s.status for s in db.list_snapshots("default_tenant", "default_database", name)]
+    statuses = [s.status for s in db.catalog.list_snapshots("default_tenant", "default_database", name)]
     assert statuses == ["failed", "complete", "complete", "complete"]
 
 
@@ -404,7 +404,7 @@ def test_a_failed_swap_step_leaves_the_old_collection_under_the_target_name(stor
         import_postgres_to_chroma(FailingSwap(chroma, step), db, name, target=name + "-t", overwrite=True)
     assert _ids(client, name + "-t") == ["old"]
     assert [c for c in chroma.list_collection_names() if c.startswith(name + "-t")] == [name + "-t"]
-    restores = db.list_restores(db.collection_ref("default_tenant", "default_database", name))
+    restores = db.restores.list_restores(db.catalog.collection_ref("default_tenant", "default_database", name))
     assert restores[0]["status"] == "failed"
 
 

@@ -287,7 +287,7 @@ def test_the_cli_reports_a_busy_collection(env, settings, tmp_path, client, name
     make_collection(client, name, 10)
     holder = Database(settings)  # another process's session, as far as PostgreSQL can tell
     try:
-        with holder.collection_lock("default_tenant", "default_database", name):
+        with holder.locks.collection_lock("default_tenant", "default_database", name):
             result = run_cli(["backup", "--collection", name], env, cwd=tmp_path)
     finally:
         holder.close()

@@ -1,0 +1,74 @@
+"""PostgreSQL: the only package that imports psycopg2.
+
+Driver errors are translated here, by class and SQLSTATE, into ``PostgresUnavailable`` (transient:
+the server or the connection is gone) or ``BackupError``.  Identifiers go through
+``psycopg2.sql.Identifier``; values are always parameters.  Bulk record I/O uses COPY both ways.
+
+``Database`` is one connection (``Session``) and the parts that work through it, each with one
+job; callers name the part they use:
+
+- ``catalog``: collections and snapshots (``db/catalog.py``)
+- ``records``: record versions, digests, COPY (``db/records.py``)
+- ``restores``: the restore log and which collections restores created (``db/restores.py``)
+- ``verdicts``: the health history (``db/verdicts.py``)
+- ``retention``: prune plans and prunes (``db/retention.py``)
+- ``locks``: per-collection advisory locks (``db/locks.py``)
+- ``schema``: migrations (``db/schema.py``)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config import Settings
+from db.catalog import Catalog, Snapshot
+from db.locks import Locks
+from db.records import RecordStore, SnapshotWriter
+from db.restores import RestoreLog
+from db.retention import Retention
+from db.schema import Schema
+from db.session import EmbeddedPostgres, Session, Tables, connection_kwargs, translate_error
+from db.verdicts import HealthLog
+
+__all__ = ["Database", "EmbeddedPostgres", "Snapshot", "SnapshotWriter", "Tables", "connection_kwargs",
+           "translate_error"]
+
+
+class Database:
+    """The backup catalog and record store in one PostgreSQL database: one connection, shared by
+    its parts.  One instance per thread."""
+
+    def __init__(self, settings: Settings, embedded_dsn: str | None = None):
+        self.session = Session(settings, embedded_dsn)
+        self.catalog = Catalog(self.session)
+        self.records = RecordStore(self.session)
+        self.restores = RestoreLog(self.session)
+        self.verdicts = HealthLog(self.session)
+        self.retention = Retention(self.session)
+        self.locks = Locks(self.session)
+        self.schema = Schema(self.session)
+
+    @property
+    def settings(self) -> Settings:
+        return self.session.settings
+
+    @property
+    def tables(self) -> Tables:
+        return self.session.tables
+
+    def connect(self) -> "Database":
+        self.session.connect()
+        return self
+
+    def sibling(self) -> "Database":
+        """Another instance on the same database (its own connection, for another thread)."""
+        return Database(self.settings, self.session._embedded_dsn)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def migrate(self) -> int:
+        return self.schema.migrate()
+
+    def transaction(self, what: str, *, commit: bool = True) -> Any:
+        return self.session.transaction(what, commit=commit)

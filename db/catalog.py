@@ -1,0 +1,186 @@
+"""The snapshot catalog: collections and their snapshots (the status lifecycle and labels)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg2 import sql
+
+from states import COMPLETE, OK
+from db.session import Part
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: int
+    collection_ref: int
+    collection: str
+    tenant: str
+    database: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    records: int | None
+    added: int | None
+    updated: int | None
+    deleted: int | None
+    dimension: int | None
+    digest: str | None
+    chroma_collection_id: str | None
+    collection_metadata_json: str | None  # records.encode_metadata form (floats tagged)
+    configuration_json: dict | None
+    schema_json: dict | None
+    server_version: str | None
+    health: str | None
+    forced: bool
+    error: str | None
+    health_detail: str | None = None
+    accepted: bool = False
+    origin_collection: str | None = None
+    origin_snapshot_id: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Taken while the collection's verdict was ``ok`` (or accepted by an operator)."""
+        return self.status == COMPLETE and not self.forced and (self.health or OK) == OK
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "collection": self.collection,
+            "tenant": self.tenant,
+            "database": self.database,
+            "status": self.status,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "records": self.records,
+            "added": self.added,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "dimension": self.dimension,
+            "digest": self.digest,
+            "chroma_collection_id": self.chroma_collection_id,
+            "server_version": self.server_version,
+            "health": self.health,
+            "forced": self.forced,
+            "health_detail": self.health_detail,
+            "accepted": self.accepted,
+            "origin": ({"collection": self.origin_collection, "snapshot_id": self.origin_snapshot_id}
+                       if self.origin_collection else None),
+            "error": self.error,
+        }
+
+
+_SNAPSHOT_COLUMNS = """s.snapshot_id, s.collection_ref, c.name, c.tenant, c.database, s.status,
+    s.started_at, s.finished_at, s.record_count, s.added, s.updated, s.deleted, s.dimension,
+    encode(s.content_digest, 'hex'), s.chroma_collection_id, s.collection_metadata::text,
+    s.configuration_json, s.schema_json, s.server_version, s.health, s.forced, s.error,
+    s.health_detail, s.accepted, s.origin_collection, s.origin_snapshot_id"""
+
+
+# SQL twin of Snapshot.healthy (alias s): the snapshots auto-recovery and the shrink baseline use.
+_HEALTHY = "NOT s.forced AND coalesce(s.health, 'ok') = 'ok'"
+
+
+def _snapshot(row: tuple) -> Snapshot:
+    return Snapshot(*row)
+
+
+
+
+class Catalog(Part):
+    """Collections (tenant, database, name) and the snapshot rows of their backups."""
+
+    def collection_ref(self, tenant: str, database: str, name: str, *, create: bool = False) -> int | None:
+        tb = self.tables
+        with self.transaction("looking up the collection") as cur:
+            cur.execute(tb.fmt("SELECT collection_ref FROM {coll} WHERE tenant = %s AND database = %s AND name = %s"),
+                        (tenant, database, name))
+            row = cur.fetchone()
+            if row is not None or not create:
+                return row[0] if row else None
+            cur.execute(tb.fmt(
+                "INSERT INTO {coll} (tenant, database, name) VALUES (%s, %s, %s) "
+                "ON CONFLICT (tenant, database, name) DO UPDATE SET name = EXCLUDED.name RETURNING collection_ref"
+            ), (tenant, database, name))
+            return cur.fetchone()[0]
+    def collection_names(self, tenant: str, database: str) -> list[str]:
+        with self.transaction("listing backed-up collections") as cur:
+            cur.execute(self.tables.fmt("SELECT name FROM {coll} WHERE tenant = %s AND database = %s ORDER BY name"),
+                        (tenant, database))
+            return [row[0] for row in cur.fetchall()]
+    def fail_stale_runs(self, collection_ref: int | None = None) -> int:
+        """Mark ``running`` snapshots whose backend is gone as ``failed`` (a killed backup)."""
+        tb = self.tables
+        where = sql.SQL("AND collection_ref = %s") if collection_ref is not None else sql.SQL("")
+        query = tb.fmt(
+            "UPDATE {snap} SET status = 'failed', finished_at = clock_timestamp(), "
+            "error = coalesce(error, 'interrupted: the backup process or its connection ended before commit') "
+            "WHERE status = 'running' AND (backend_pid IS NULL OR backend_pid NOT IN "
+            "(SELECT pid FROM pg_stat_activity WHERE datname = current_database())) {where}",
+            where=where,
+        )
+        with self.transaction("marking stale runs failed") as cur:
+            cur.execute(query, (collection_ref,) if collection_ref is not None else ())
+            count = cur.rowcount
+        if count:
+            log.warning("stale_runs_failed count=%d", count)
+        return count
+    def begin_snapshot(self, collection_ref: int, *, health: str | None, health_detail: str | None = None,
+                       accepted: bool = False, origin: tuple[str, int] | None = None,
+                       forced: bool = False) -> int:
+        """Insert the catalog row as ``running`` in its own transaction; returns its id.
+
+        ``health`` is the verdict the snapshot is taken under; ``origin`` (collection, snapshot)
+        says which restore created the collection backed up."""
+        origin_collection, origin_snapshot = origin or (None, None)
+        with self.transaction("starting the snapshot") as cur:
+            cur.execute(self.tables.fmt(
+                "INSERT INTO {snap} (collection_ref, status, forced, health, health_detail, accepted, "
+                "origin_collection, origin_snapshot_id, backend_pid, host) "
+                "VALUES (%s, 'running', %s, %s, %s, %s, %s, %s, pg_backend_pid(), %s) RETURNING snapshot_id"
+            ), (collection_ref, forced, health, (health_detail or "")[:2000] or None, accepted, origin_collection,
+                origin_snapshot, socket.gethostname()))
+            return cur.fetchone()[0]
+    def fail_snapshot(self, snapshot_id: int, error: str) -> None:
+        with self.transaction("marking the snapshot failed") as cur:
+            cur.execute(self.tables.fmt(
+                "UPDATE {snap} SET status = 'failed', finished_at = clock_timestamp(), error = %s "
+                "WHERE snapshot_id = %s AND status = 'running'"
+            ), (error[:2000], snapshot_id))
+    def _snapshots_query(self, where: str, order: str = "s.snapshot_id DESC", limit: int | None = None) -> sql.Composed:
+        return self.tables.fmt(
+            "SELECT " + _SNAPSHOT_COLUMNS + " FROM {snap} s JOIN {coll} c USING (collection_ref) "
+            "WHERE " + where + " ORDER BY " + order + ("" if limit is None else f" LIMIT {int(limit)}")
+        )
+    def list_snapshots(self, tenant: str, database: str, name: str | None = None,
+                       limit: int | None = None) -> list[Snapshot]:
+        where = "c.tenant = %s AND c.database = %s" + (" AND c.name = %s" if name else "")
+        params = (tenant, database, name) if name else (tenant, database)
+        with self.transaction("listing snapshots") as cur:
+            cur.execute(self._snapshots_query(where, limit=limit), params)
+            return [_snapshot(row) for row in cur.fetchall()]
+    def get_snapshot(self, snapshot_id: int) -> Snapshot | None:
+        with self.transaction("reading a snapshot") as cur:
+            cur.execute(self._snapshots_query("s.snapshot_id = %s"), (snapshot_id,))
+            row = cur.fetchone()
+            return _snapshot(row) if row else None
+    def latest_complete(self, collection_ref: int, *, at: datetime | None = None,
+                        healthy_only: bool = False) -> Snapshot | None:
+        where = "s.collection_ref = %s AND s.status = 'complete'"
+        params: list[Any] = [collection_ref]
+        if at is not None:
+            where += " AND s.finished_at <= %s"
+            params.append(at)
+        if healthy_only:
+            where += " AND " + _HEALTHY
+        with self.transaction("finding the latest snapshot") as cur:
+            cur.execute(self._snapshots_query(where, limit=1), params)
+            row = cur.fetchone()
+            return _snapshot(row) if row else None

@@ -1,0 +1,156 @@
+"""Record versions: visibility, digests, COPY in and out, the health probe's sample."""
+
+from __future__ import annotations
+
+import io
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from db.session import Part, Session, _copy_text, _jsonb, _translated
+from errors import BackupError
+from records import RecordBatch, decode_metadata
+
+
+class RecordStore(Part):
+    """The temporal record table of every collection."""
+
+    def _visible(self, snapshot_id: int | None) -> tuple[str, tuple]:
+        if snapshot_id is None:
+            return "valid_to IS NULL", ()
+        return "valid_from <= %s AND (valid_to IS NULL OR valid_to > %s)", (snapshot_id, snapshot_id)
+    def record_digests(self, collection_ref: int, snapshot_id: int | None = None) -> dict[str, bytes]:
+        """record_id -> digest for a snapshot (None: the current versions)."""
+        visible, params = self._visible(snapshot_id)
+        query = self.tables.fmt(
+            "SELECT record_id, encode(digest, 'hex') FROM {t} WHERE collection_ref = %s AND " + visible
+        )
+        return {row[0]: bytes.fromhex(row[1])
+                for row in self.session.copy_out(query, (collection_ref, *params), "reading record digests")}
+    def iter_snapshot_records(self, collection_ref: int, snapshot_id: int, batch_size: int,
+                              record_ids: list[str] | None = None) -> Iterator[RecordBatch]:
+        """The records of a snapshot (or only ``record_ids`` of it) in batches of at most
+        ``batch_size``, streamed by COPY."""
+        visible, params = self._visible(snapshot_id)
+        if record_ids is not None:
+            visible += " AND record_id = ANY(%s)"
+            params = (*params, list(record_ids))
+        query = self.tables.fmt(
+            "SELECT record_id, embedding, document IS NULL, document, metadata, uri IS NULL, uri "
+            "FROM {t} WHERE collection_ref = %s AND " + visible
+        )
+        ids: list[str] = []
+        vectors: list[bytes] = []
+        documents: list[str | None] = []
+        metadatas: list[dict | None] = []
+        uris: list[str | None] = []
+
+        def flush() -> RecordBatch:
+            blob = b"".join(vectors)
+            matrix = np.frombuffer(blob, dtype="<f4").reshape(len(ids), -1) if ids else np.zeros((0, 0), "<f4")
+            return RecordBatch(list(ids), matrix, list(documents), list(metadatas), list(uris))
+
+        for rid, emb, doc_null, doc, meta, uri_null, uri in self.session.copy_out(
+                query, (collection_ref, *params), "reading snapshot records"):
+            ids.append(rid)
+            vectors.append(bytes.fromhex(emb[2:]))  # bytea hex output: \x....
+            documents.append(None if doc_null == "t" else doc)
+            metadatas.append(decode_metadata(meta))
+            uris.append(None if uri_null == "t" else uri)
+            if len(ids) >= batch_size:
+                yield flush()
+                ids.clear(), vectors.clear(), documents.clear(), metadatas.clear(), uris.clear()
+        if ids:
+            yield flush()
+    def vacuum_records(self) -> None:
+        """VACUUM (ANALYZE) the record table, so the space of versions closed by UPDATE or
+        removed by prune is reused by the next inserts instead of growing the table (a row with
+        a 384-d vector stays under PostgreSQL's 2 kB TOAST threshold, so closing a version
+        leaves a whole dead row behind).  Runs outside any transaction."""
+        conn = self.session.conn
+        try:
+            with _translated("vacuuming the record table"):
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(self.tables.fmt("VACUUM (ANALYZE) {t}"))
+        except BaseException:
+            self.session.reset_after_error()
+            raise
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+    @contextmanager
+    def snapshot_writer(self, collection_ref: int, snapshot_id: int) -> Iterator["SnapshotWriter"]:
+        """One transaction holding every record change of a snapshot and its flip to complete."""
+        with self.transaction("writing the snapshot") as cur:
+            yield SnapshotWriter(self.session, cur, collection_ref, snapshot_id)
+    def sample_record_ids(self, collection_ref: int, n: int) -> list[str]:
+        """Up to ``n`` random ids of the current versions (the health probe's sample)."""
+        with self.transaction("sampling record ids") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT record_id FROM {t} WHERE collection_ref = %s AND valid_to IS NULL ORDER BY random() LIMIT %s"
+            ), (collection_ref, n))
+            return [row[0] for row in cur.fetchall()]
+
+
+class SnapshotWriter:
+    """Record changes of one snapshot, inside the snapshot's transaction (commit last)."""
+
+    def __init__(self, session: Session, cur: Any, collection_ref: int, snapshot_id: int):
+        self._db = session
+        self._cur = cur
+        self.collection_ref = collection_ref
+        self.snapshot_id = snapshot_id
+        self.bytes_written = 0
+
+    def close_versions(self, record_ids: Iterable[str]) -> int:
+        """End the current version of these records (updated or deleted as of this snapshot)."""
+        ids = list(record_ids)
+        if not ids:
+            return 0
+        self._cur.execute(self._db.tables.fmt(
+            "UPDATE {t} SET valid_to = %s WHERE collection_ref = %s AND valid_to IS NULL "
+            "AND valid_from < %s AND record_id = ANY(%s)"
+        ), (self.snapshot_id, self.collection_ref, self.snapshot_id, ids))
+        return self._cur.rowcount
+
+    def insert_versions(self, rows: Iterable[tuple[str, bytes, str | None, str | None, str | None, bytes]]) -> int:
+        """COPY new versions (id, embedding, document, metadata JSON, uri, digest), valid from now on."""
+        prefix = f"{self.collection_ref}\t"
+        middle = f"\t{self.snapshot_id}\t\\N\t\\\\x"
+        lines = [
+            prefix + _copy_text(rid) + middle + digest.hex() + "\t\\\\x" + vector.hex() + "\t"
+            + _copy_text(document) + "\t" + _copy_text(meta) + "\t" + _copy_text(uri) + "\n"
+            for rid, vector, document, meta, uri, digest in rows
+        ]
+        if not lines:
+            return 0
+        payload = "".join(lines).encode("utf-8")
+        self.bytes_written += len(payload)
+        self._cur.copy_expert(
+            self._db.tables.fmt(
+                "COPY {t} (collection_ref, record_id, valid_from, valid_to, digest, embedding, document, metadata, uri) "
+                "FROM STDIN"
+            ).as_string(self._db.conn),
+            io.BytesIO(payload),
+            size=1 << 20,
+        )
+        return len(lines)
+
+    def complete(self, *, records: int, added: int, updated: int, deleted: int, dimension: int | None,
+                 content_digest: bytes, chroma_collection_id: str, collection_metadata_json: str | None,
+                 configuration_json: dict | None, schema_json: dict | None, server_version: str) -> None:
+        """Flip the snapshot to complete; committed with the record changes when the block exits."""
+        self._cur.execute(self._db.tables.fmt(
+            "UPDATE {snap} SET status = 'complete', finished_at = clock_timestamp(), record_count = %s, "
+            "added = %s, updated = %s, deleted = %s, dimension = %s, content_digest = %s, "
+            "chroma_collection_id = %s, collection_metadata = %s::jsonb, configuration_json = %s, schema_json = %s, "
+            "server_version = %s WHERE snapshot_id = %s AND status = 'running'"
+        ), (records, added, updated, deleted, dimension, content_digest, chroma_collection_id,
+            collection_metadata_json, _jsonb(configuration_json), _jsonb(schema_json), server_version,
+            self.snapshot_id))
+        if self._cur.rowcount != 1:
+            raise BackupError(f"snapshot {self.snapshot_id} is no longer running (marked failed by another process)")
+
+

@@ -1,0 +1,79 @@
+"""The restore log: every restore, its temporary names, and which collections restores created."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from db.catalog import Snapshot
+from db.session import Part
+
+
+class RestoreLog(Part):
+    """One row per restore (source snapshot, target, status, verified, trigger)."""
+
+    def begin_restore(self, snapshot: Snapshot, target: str, target_server: str, trigger: str,
+                      reason: str | None, temporary_name: str | None = None) -> int:
+        with self.transaction("recording the restore") as cur:
+            cur.execute(self.tables.fmt(
+                "INSERT INTO {rest} (collection_ref, snapshot_id, source_snapshot_id, target, target_server, "
+                "status, trigger, reason, temporary_name) VALUES (%s, %s, %s, %s, %s, 'running', %s, %s, %s) "
+                "RETURNING restore_id"
+            ), (snapshot.collection_ref, snapshot.snapshot_id, snapshot.snapshot_id, target, target_server,
+                trigger, reason, temporary_name))
+            return cur.fetchone()[0]
+    def set_restore_aside(self, restore_id: int, aside_name: str | None) -> None:
+        """Where an overwrite keeps the replaced target while it swaps (None once it is gone)."""
+        with self.transaction("recording the replaced collection") as cur:
+            cur.execute(self.tables.fmt("UPDATE {rest} SET aside_name = %s WHERE restore_id = %s"),
+                        (aside_name, restore_id))
+    def recovery_targets(self, tenant: str, database: str, target_server: str) -> dict[str, dict[str, Any]]:
+        """Collections restores created on that server, by name: the newest verified restore into
+        each (source collection, snapshot, collection id).  The catalog, not a name pattern, says
+        which collections are recovery targets."""
+        with self.transaction("listing recovery targets") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT DISTINCT ON (r.target) r.target, c.name, r.source_snapshot_id, r.target_collection_id "
+                "FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
+                "AND r.target_server = %s AND r.status = 'complete' AND r.verified "
+                "ORDER BY r.target, r.restore_id DESC"
+            ), (tenant, database, target_server))
+            return {row[0]: {"collection": row[1], "snapshot_id": row[2], "collection_id": row[3]}
+                    for row in cur.fetchall()}
+    def work_names(self, tenant: str, database: str, target_server: str) -> set[str]:
+        """Names restores use for their own work on that server (a collection being built, or a
+        replaced target kept aside): never backed up or checked as collections of their own."""
+        with self.transaction("listing restore work collections") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT r.temporary_name, r.aside_name FROM {rest} r JOIN {coll} c USING (collection_ref) "
+                "WHERE c.tenant = %s AND c.database = %s AND r.target_server = %s "
+                "AND (r.temporary_name IS NOT NULL OR r.aside_name IS NOT NULL)"
+            ), (tenant, database, target_server))
+            return {name for row in cur.fetchall() for name in row if name}
+    def finish_restore(self, restore_id: int, *, status: str, records: int | None, verified: bool,
+                       error: str | None = None, target_collection_id: str | None = None) -> None:
+        with self.transaction("recording the restore result") as cur:
+            cur.execute(self.tables.fmt(
+                "UPDATE {rest} SET status = %s, finished_at = clock_timestamp(), records = %s, verified = %s, "
+                "error = %s, target_collection_id = %s WHERE restore_id = %s"
+            ), (status, records, verified, error[:2000] if error else None, target_collection_id, restore_id))
+    def last_complete_restore(self, collection_ref: int, target: str, target_server: str) -> dict[str, Any] | None:
+        """The newest verified restore of this collection into ``target`` on that server."""
+        with self.transaction("finding the last restore") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT restore_id, source_snapshot_id, target_collection_id, records FROM {rest} "
+                "WHERE collection_ref = %s AND target = %s AND target_server = %s AND status = 'complete' "
+                "AND verified ORDER BY restore_id DESC LIMIT 1"
+            ), (collection_ref, target, target_server))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip(("restore_id", "snapshot_id", "target_collection_id", "records"), row))
+    def list_restores(self, collection_ref: int, limit: int = 20) -> list[dict[str, Any]]:
+        with self.transaction("listing restores") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT restore_id, source_snapshot_id, target, target_server, target_collection_id, status, "
+                "started_at, finished_at, records, verified, trigger, reason, error FROM {rest} WHERE collection_ref = %s "
+                "ORDER BY restore_id DESC LIMIT %s"
+            ), (collection_ref, limit))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
