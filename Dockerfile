@@ -16,6 +16,7 @@ RUN pip install -r requirements.txt
 
 RUN useradd --create-home --uid 10001 app && mkdir -p /app/data && chown app:app /app/data
 COPY --chown=app:app *.py ./
+COPY --chown=app:app db ./db
 
 USER app
 VOLUME ["/app/data"]
