@@ -201,19 +201,16 @@ class ChromaStore:
 
     @classmethod
     def connect(cls, settings: Settings, *, host: str | None = None, port: int | None = None,
-                ssl: bool | None = None, timeout: float | None = None) -> "ChromaStore":
+                ssl: bool | None = None, timeout: float | None = None,
+                database: str | None = None) -> "ChromaStore":
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
         host = host or settings.chromadb_host
         port = port or settings.chromadb_port
         ssl = settings.chromadb_use_ssl if ssl is None else ssl
-        headers = {}
-        if settings.chroma_auth_token:
-            if settings.chroma_auth_header == "X-Chroma-Token":
-                headers["X-Chroma-Token"] = settings.chroma_auth_token
-            else:
-                headers["Authorization"] = f"Bearer {settings.chroma_auth_token}"
+        database = database or settings.chroma_database
+        headers = _auth_headers(settings)
         address = f"{'https' if ssl else 'http'}://{host}:{port}"
         timeout = timeout or settings.chroma_timeout_seconds
         try:
@@ -221,7 +218,7 @@ class ChromaStore:
                 client = chromadb.HttpClient(
                     host=host, port=port, ssl=ssl, headers=headers,
                     settings=ChromaSettings(anonymized_telemetry=False),
-                    tenant=settings.chroma_tenant, database=settings.chroma_database,
+                    tenant=settings.chroma_tenant, database=database,
                 )
                 # chromadb's HTTP session has no timeout at all; a hung server would hang us.
                 session = client._server._session
@@ -230,7 +227,7 @@ class ChromaStore:
                 version = client.get_version()
         except ValueError as error:  # chromadb's "Could not connect to a Chroma server"
             raise ChromaUnavailable(f"Chroma unreachable at {address}: {first_line(error)}") from error
-        return cls(client, settings.chroma_tenant, settings.chroma_database, address, str(version), timeout)
+        return cls(client, settings.chroma_tenant, database, address, str(version), timeout)
 
     # -- server ---------------------------------------------------------------------------------
 
@@ -258,6 +255,12 @@ class ChromaStore:
         """Records per read: ``wanted``, or READ_BATCH when 0.  Larger reads are no faster and
         cost far more memory (the client parses every vector component into a Python float)."""
         return self.batch_size(wanted or READ_BATCH)
+
+    def list_databases(self) -> list[str]:
+        """Every database of this store's tenant."""
+        with _translated(f"listing the databases of tenant {self.tenant!r}"):
+            return sorted(d["name"] if isinstance(d, dict) else d.name
+                          for d in self.client._admin_client.list_databases(tenant=self.tenant))
 
     def list_collection_names(self) -> list[str]:
         with _translated("listing collections"):
@@ -403,6 +406,15 @@ class ChromaStore:
         """Which of ``ids`` exist (no content read)."""
         with _translated(f"looking up ids in {collection.name!r}"):
             return list(collection.get(ids=ids, include=[])["ids"])
+
+
+def _auth_headers(settings: Settings) -> dict[str, str]:
+    """The header carrying CHROMA_AUTH_TOKEN (never logged)."""
+    if not settings.chroma_auth_token:
+        return {}
+    if settings.chroma_auth_header == "X-Chroma-Token":
+        return {"X-Chroma-Token": settings.chroma_auth_token}
+    return {"Authorization": f"Bearer {settings.chroma_auth_token}"}
 
 
 def _refuse_lists(batch: RecordBatch) -> None:

@@ -42,7 +42,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CHROMADB_PORT": ("8000", "Chroma server port"),
     "CHROMADB_USE_SSL": ("false", "use https to reach Chroma"),
     "CHROMA_TENANT": ("default_tenant", "Chroma tenant"),
-    "CHROMA_DATABASE": ("default_database", "Chroma database"),
+    "CHROMA_DATABASE": ("default_database", "Chroma database(s): one name, a comma-separated list, or * for every database of CHROMA_TENANT"),
     "CHROMA_AUTH_TOKEN": ("", "token sent to Chroma (never logged)"),
     "CHROMA_AUTH_HEADER": ("Authorization", "header carrying the token: Authorization (as Bearer) or X-Chroma-Token"),
     "CHROMA_TIMEOUT_SECONDS": ("60", "timeout of one Chroma HTTP request"),
@@ -82,7 +82,7 @@ class Settings:
     chromadb_port: int = 8000
     chromadb_use_ssl: bool = False
     chroma_tenant: str = "default_tenant"
-    chroma_database: str = "default_database"
+    chroma_databases: tuple[str, ...] = ("default_database",)
     chroma_auth_token: str | None = field(default=None, repr=False)
     chroma_auth_header: str = "Authorization"
     chroma_timeout_seconds: float = 60.0
@@ -109,6 +109,20 @@ class Settings:
     @property
     def all_collections(self) -> bool:
         return self.collections == ("*",)
+
+    @property
+    def all_databases(self) -> bool:
+        return self.chroma_databases == ("*",)
+
+    @property
+    def several_databases(self) -> bool:
+        """Two databases could share a collection name: collections are named database/collection."""
+        return self.all_databases or len(self.chroma_databases) > 1
+
+    @property
+    def chroma_database(self) -> str:
+        """The database a client opens first (the first one named; Chroma's default with *)."""
+        return "default_database" if self.all_databases else self.chroma_databases[0]
 
     @property
     def embedded_postgres(self) -> bool:
@@ -230,6 +244,19 @@ def _collections(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+DATABASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _databases(value: str) -> tuple[str, ...]:
+    if value.strip() == "*":
+        return ("*",)
+    names = [part.strip() for part in value.split(",")]
+    if any(not DATABASE_NAME_RE.match(part) for part in names):
+        raise ConfigError(f"CHROMA_DATABASE: expected a database name, a comma-separated list of names or *, "
+                          f"got {value!r}")
+    return tuple(dict.fromkeys(names))
+
+
 def _new_collection_name(value: str) -> str:
     probe = value.replace("{name}", "abc")
     if "{" in probe or "}" in probe or not COLLECTION_NAME_RE.match(probe):
@@ -292,7 +319,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         chromadb_port=r.integer("CHROMADB_PORT", 8000, 1, 65535),
         chromadb_use_ssl=r.boolean("CHROMADB_USE_SSL", False),
         chroma_tenant=r.text("CHROMA_TENANT", "default_tenant"),
-        chroma_database=r.text("CHROMA_DATABASE", "default_database"),
+        chroma_databases=_databases(r.text("CHROMA_DATABASE", "default_database")),
         chroma_auth_token=token,
         chroma_auth_header="X-Chroma-Token" if header.lower() == "x-chroma-token" else "Authorization",
         chroma_timeout_seconds=r.number("CHROMA_TIMEOUT_SECONDS", 60.0, 0, strict_low=True),

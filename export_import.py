@@ -567,7 +567,8 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
 
     with db.locks.collection_lock(tenant, database, name), db.locks.collection_lock(tenant, database, target):
         building = temporary_name(target, snapshot.snapshot_id)
-        restore_id = db.restores.begin_restore(snapshot, target, chroma.address, trigger, reason, temporary_name=building)
+        restore_id = db.restores.begin_restore(snapshot, target, chroma.address, trigger, reason,
+                                               temporary_name=building, target_database=chroma.database)
         result.restore_id = restore_id
         created = False
         try:

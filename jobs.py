@@ -15,12 +15,12 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from config import Settings, validate_collection_name
 from errors import (BackupError, ChromaUnavailable, CollectionNotFound, Interrupted, UsageError,
                     VerificationFailed, first_line)
-from states import COMPLETE, FAILED, MISSING, OK, RECOVERED, SHRUNK, TRIGGER_CLI, UNREACHABLE
+from states import COMPLETE, FAILED, MISSING, OK, RECOVERED, RESTORED, SHRUNK, TRIGGER_CLI, UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,16 @@ class Backend:
                 self._migrated = True
 
 
+class Where(NamedTuple):
+    """A collection in one database of the tenant."""
+
+    database: str
+    name: str
+
+
 class Stores:
-    """Opens the stores lazily, with bounded retries.  One instance per thread: it owns one
-    PostgreSQL connection and one Chroma client."""
+    """Opens the stores lazily, with bounded retries, and names collections.  One instance per
+    thread: it owns one PostgreSQL connection and one Chroma client per database."""
 
     def __init__(self, backend: Backend, *, stop: threading.Event | None = None, retry_jobs: bool = False,
                  chroma_timeout: float | None = None):
@@ -128,7 +135,7 @@ class Stores:
         self.retry_jobs = retry_jobs
         self.chroma_timeout = chroma_timeout
         self._db: Any = None
-        self._chroma: Any = None
+        self._chromas: dict[str, Any] = {}
         self._stack = ExitStack()
 
     # -- stores ---------------------------------------------------------------------------------
@@ -153,41 +160,96 @@ class Stores:
 
     @property
     def chroma(self) -> Any:
-        if self._chroma is None:
-            self._chroma = self.chroma_at()
-        return self._chroma
+        """The client of the first configured database."""
+        return self.chroma_for(self.settings.chroma_database)
 
-    def chroma_at(self, host: str | None = None, port: int | None = None, ssl: bool | None = None) -> Any:
+    def chroma_for(self, database: str) -> Any:
+        if database not in self._chromas:
+            self._chromas[database] = self.chroma_at(database=database)
+        return self._chromas[database]
+
+    def chroma_at(self, host: str | None = None, port: int | None = None, ssl: bool | None = None, *,
+                  database: str | None = None) -> Any:
         """The configured Chroma server, or the one named by host/port/ssl."""
         from chroma import ChromaStore
 
-        if host is None and port is None and ssl is None and self._chroma is not None:
-            return self._chroma
+        database = database or self.settings.chroma_database
+        if host is None and port is None and ssl is None and database in self._chromas:
+            return self._chromas[database]
         return self._retry(lambda: ChromaStore.connect(self.settings, host=host, port=port, ssl=ssl,
-                                                       timeout=self.chroma_timeout), "chroma connect")
+                                                       timeout=self.chroma_timeout, database=database),
+                           "chroma connect")
 
     def close(self) -> None:
         self._stack.close()
         self._db = None
-        self._chroma = None
+        self._chromas.clear()
 
-    def _check_names(self, names: list[str] | None, option: str = "--collection") -> None:
-        for name in names or []:
+    # -- names ----------------------------------------------------------------------------------
+
+    def databases(self) -> list[str]:
+        """CHROMA_DATABASE's databases (``*``: every database of the tenant, as Chroma lists them)."""
+        if self.settings.all_databases:
+            return self.chroma.list_databases()
+        return list(self.settings.chroma_databases)
+
+    def backed_up_databases(self) -> list[str]:
+        """The databases to read the catalog for (``*``: every one with backups)."""
+        if self.settings.all_databases:
+            return self.db.catalog.database_names(self.settings.chroma_tenant)
+        return list(self.settings.chroma_databases)
+
+    def label(self, where: Where) -> str:
+        """How a collection is named in output, logs and metrics: ``database/collection`` wherever
+        two databases could share a collection name."""
+        return f"{where.database}/{where.name}" if self.settings.several_databases else where.name
+
+    def resolve(self, requested: str, option: str = "--collection") -> Where:
+        """``database/collection``, or a plain name when it is unambiguous."""
+        if "/" in requested:
+            database, name = requested.split("/", 1)
             validate_collection_name(name, option)
+            return Where(database, name)
+        validate_collection_name(requested, option)
+        if not self.settings.several_databases:
+            return Where(self.settings.chroma_database, requested)
+        found = [d for d in self.databases() if requested in self._known(d)]
+        if len(found) == 1:
+            return Where(found[0], requested)
+        if not found:
+            raise UsageError(f"{option} {requested}: no such collection in database(s) "
+                             f"{', '.join(self.databases())}; name it as DATABASE/COLLECTION")
+        raise UsageError(f"{option} {requested} is ambiguous: "
+                         + ", ".join(f"{d}/{requested}" for d in found) + "; name it as DATABASE/COLLECTION")
 
-    def single_collection(self, requested: str | None) -> str:
+    def _known(self, database: str) -> set[str]:
+        names = set(self.db.catalog.collection_names(self.settings.chroma_tenant, database))
+        try:
+            names.update(self.chroma_for(database).list_collection_names())
+        except ChromaUnavailable:
+            pass
+        return names
+
+    def single_collection(self, requested: str | None) -> Where:
         if requested:
-            self._check_names([requested])
-            return requested
+            return self.resolve(requested)
         s = self.settings
         if not s.all_collections and len(s.collections) == 1:
-            return s.collections[0]
+            return self.resolve(s.collections[0], "CHROMA_COLLECTION_NAME")
         raise UsageError("--collection NAME is required (CHROMA_COLLECTION_NAME names more than one collection)")
 
-    def _excluded(self, selection: Any) -> None:
-        for name, why in selection.excluded.items():
-            log.info("skipped collection=%s reason=%s", name, why)
-
+    def _selected(self, requested: list[str] | None, select: Callable[..., Any]) -> list[Where]:
+        """The collections a round works on, in every database; the ones left out on purpose are
+        logged, one line each."""
+        if requested:
+            return list(dict.fromkeys(self.resolve(r) for r in requested))
+        chosen = []
+        for database in self.databases():
+            selection = select(self.settings, self.chroma_for(database), self.db, None)
+            for name, why in selection.excluded.items():
+                log.info("skipped collection=%s reason=%s", self.label(Where(database, name)), why)
+            chosen += [Where(database, name) for name in selection.names]
+        return chosen
 
 
 class Rounds(Stores):
@@ -200,126 +262,139 @@ class Rounds(Stores):
         """Back up every selected collection that can be read, each labelled with its verdict."""
         from targets import selected_collections
 
-        self._check_names(requested)
-        chroma, db = self.chroma, self.db
-        selection = self._retry(lambda: selected_collections(self.settings, chroma, db, requested),
-                                "list collections") if self.retry_jobs else \
-            selected_collections(self.settings, chroma, db, requested)
-        self._excluded(selection)
+        if self.retry_jobs:
+            chosen = self._retry(lambda: self._selected(requested, selected_collections), "list collections")
+        else:
+            chosen = self._selected(requested, selected_collections)
         results = []
-        for name in selection.names:
+        for where in chosen:
             if self.stop is not None and self.stop.is_set():
                 break
-            results.append(self._isolated_backup(name, progress))
+            results.append(self._isolated_backup(where, progress))
         return results
 
-    def _isolated_backup(self, name: str, progress: ProgressFactory | None) -> Any:
+    def _isolated_backup(self, where: Where, progress: ProgressFactory | None) -> Any:
         from export_import import BackupResult
 
-        bar = progress(name) if progress else None
+        label = self.label(where)
+        bar = progress(label) if progress else None
         try:
             if self.retry_jobs:
-                result = self._retry(lambda: self.backup_one(name, bar), f"backup {name}")
+                result = self._retry(lambda: self.backup_one(where, bar), f"backup {label}")
             else:
-                result = self.backup_one(name, bar)
+                result = self.backup_one(where, bar)
         except Interrupted as error:
-            log_backup(BackupResult(collection=name, status=FAILED, error=str(error)))
+            log_backup(BackupResult(collection=label, status=FAILED, error=str(error)))
             raise
         except BackupError as error:
-            result = BackupResult(collection=name, status=FAILED, error=str(error))
+            result = BackupResult(collection=label, status=FAILED, error=str(error))
         except Exception as error:  # the collection's boundary: the round goes on
-            log.debug("backup collection=%s unexpected error", name, exc_info=True)
-            result = BackupResult(collection=name, status=FAILED,
+            log.debug("backup collection=%s unexpected error", label, exc_info=True)
+            result = BackupResult(collection=label, status=FAILED,
                                   error=f"unexpected {type(error).__name__}: {first_line(error)}")
         finally:
             if bar is not None:
                 bar.close()
+        result.collection = label
         log_backup(result)
         return result
 
-    def backup_one(self, name: str, progress: Any = None) -> Any:
-        """Check ``name`` and back it up under that verdict (a missing or unreachable collection
-        cannot be read: that raises)."""
+    def backup_one(self, where: Where, progress: Any = None) -> Any:
+        """Check a collection and back it up under that verdict (a missing or unreachable
+        collection cannot be read: that raises)."""
         from export_import import export_collection_to_postgres
         from recovery import origin_of
 
-        chroma, db = self.chroma, self.db
-        verdict = self.check(name)
+        chroma, db = self.chroma_for(where.database), self.db
+        verdict = self.check(where)
         if verdict.status == MISSING:
-            raise CollectionNotFound(f"collection {name!r} does not exist")
+            raise CollectionNotFound(f"collection {where.name!r} does not exist")
         if verdict.status == UNREACHABLE:
             raise ChromaUnavailable(f"Chroma unreachable: {verdict.detail}")
-        made = origin_of(chroma, db, name)
+        made = origin_of(chroma, db, where.name)
         origin = None
-        if made is not None and made["collection_id"] == str(chroma.open(name).id):
+        if made is not None and made["collection_id"] == str(chroma.open(where.name).id):
             origin = (made["collection"], made["snapshot_id"])
         return export_collection_to_postgres(
-            chroma, db, name, health=verdict.status, health_detail=verdict.detail, origin=origin,
+            chroma, db, where.name, health=verdict.status, health_detail=verdict.detail, origin=origin,
             batch_size=self.settings.batch_size, progress=progress, stop=self.stop)
 
     # -- health ---------------------------------------------------------------------------------
 
-    def check(self, name: str, *, min_ratio: float | None = None) -> Any:
+    def check(self, where: Where | str, *, min_ratio: float | None = None) -> Any:
+        """One verdict (kept in the health history)."""
         from health import check_collection_health
 
         s = self.settings
-        verdict = check_collection_health(self.chroma, self.db, name,
+        if isinstance(where, str):
+            where = self.resolve(where)
+        verdict = check_collection_health(self.chroma_for(where.database), self.db, where.name,
                                           min_ratio=s.health_min_record_ratio if min_ratio is None else min_ratio,
                                           sample_size=s.health_sample_size)
-        ref = self.db.catalog.collection_ref(s.chroma_tenant, s.chroma_database, name)
+        ref = self.db.catalog.collection_ref(s.chroma_tenant, where.database, where.name)
         if ref is not None:
             self.db.verdicts.record_verdict(ref, verdict.status, verdict.detail, verdict.records, verdict.snapshot_id)
         return verdict
 
     def health_round(self, requested: list[str] | None = None, *, restore: bool = False) -> list[HealthReport]:
-        """Check every selected collection (and, with ``restore``, recover confirmed failures)."""
+        """Check every selected collection (and, with ``restore``, recover confirmed failures);
+        with ``*``, also every collection that has backups (a deleted one is ``missing``)."""
         from targets import health_targets
 
-        self._check_names(requested)
-        db = self.db
         try:
-            chroma = self.chroma
-        except ChromaUnavailable as error:
-            chroma, unreachable = None, str(error)
-        selection = health_targets(self.settings, chroma, db, requested)
-        self._excluded(selection)
+            chosen = self._selected(requested, health_targets)
+            unreachable = None
+        except ChromaUnavailable as error:  # every collection we know of is unreachable
+            unreachable = str(error)
+            chosen = [self.resolve(r) for r in requested] if requested else self._catalog_targets()
         reports = []
-        for name in selection.names:
+        for where in chosen:
             if self.stop is not None and self.stop.is_set():
                 break
-            if chroma is None:
-                report = HealthReport(_unreachable(name, unreachable))
-            else:
-                report = self._isolated_health(name, restore)
-            report.since = self._since(name)
+            report = HealthReport(_unreachable(where.name, unreachable)) if unreachable else \
+                self._isolated_health(where, restore)
+            report.since = self._since(where)
+            report.verdict.collection = self.label(where)
+            if report.recovery is not None:
+                report.recovery.collection = report.verdict.collection
             log_verdict(report.verdict)
             reports.append(report)
         return reports
 
-    def _isolated_health(self, name: str, restore: bool) -> HealthReport:
+    def _catalog_targets(self) -> list[Where]:
+        s = self.settings
+        if not s.all_collections:
+            return [Where(d, n) for d in self.backed_up_databases() for n in s.collections]
+        return [Where(d, n) for d in self.backed_up_databases()
+                for n in self.db.catalog.collection_names(s.chroma_tenant, d)]
+
+    def _isolated_health(self, where: Where, restore: bool) -> HealthReport:
         from health import HealthVerdict
         from recovery import check_and_recover, recover_collection
 
         s = self.settings
         try:
+            self.chroma_for(where.database)
+        except ChromaUnavailable as error:
+            return HealthReport(_unreachable(where.name, str(error)))
+        try:
             verdict, recovery = check_and_recover(
-                lambda: self.check(name),
-                lambda v: recover_collection(self.chroma, self.db, v, target_name=s.target_name, stop=self.stop,
-                                             batch_size=s.batch_size),
+                lambda: self.check(where),
+                lambda v: recover_collection(self.chroma_for(where.database), self.db, v, target_name=s.target_name,
+                                             stop=self.stop, batch_size=s.batch_size),
                 confirm_seconds=s.health_confirm_seconds, restore=restore, stop=self.stop)
         except Interrupted:
             raise
         except Exception as error:  # the collection's boundary: the round goes on
-            log.debug("health collection=%s unexpected error", name, exc_info=True)
+            log.debug("health collection=%s unexpected error", where.name, exc_info=True)
             message = error if isinstance(error, BackupError) else f"unexpected {type(error).__name__}: {first_line(error)}"
-            verdict = HealthVerdict(name, FAILED, f"health check failed: {message}", None, None, None, _now(), 0.0)
+            verdict = HealthVerdict(where.name, FAILED, f"health check failed: {message}", None, None, None, _now(), 0.0)
             recovery = None
         return HealthReport(verdict, recovery)
 
-    def _since(self, name: str) -> str | None:
-        s = self.settings
+    def _since(self, where: Where) -> str | None:
         try:
-            ref = self.db.catalog.collection_ref(s.chroma_tenant, s.chroma_database, name)
+            ref = self.db.catalog.collection_ref(self.settings.chroma_tenant, where.database, where.name)
             current = self.db.verdicts.status_since(ref) if ref is not None else None
         except BackupError:
             return None
@@ -334,91 +409,110 @@ class Operations(Rounds):
         """An operator accepts the collection's current size: a snapshot of it now, labelled ``ok``
         and ``accepted``, becomes the baseline the shrink check compares with.  Refused (exit 1)
         when the collection is anything but ``ok`` or ``shrunk``."""
-        self._check_names([name])
-        before = self.check(name)
-        if before.status not in (OK, SHRUNK):
-            raise VerificationFailed(f"collection {name!r} is {before.status} ({before.detail}); accept only "
-                                     "accepts a new size of a readable collection")
         from export_import import export_collection_to_postgres
 
-        result = export_collection_to_postgres(self.chroma, self.db, name, health=OK, accepted=True,
+        where = self.resolve(name)
+        before = self.check(where)
+        if before.status not in (OK, SHRUNK):
+            raise VerificationFailed(f"collection {where.name!r} is {before.status} ({before.detail}); accept only "
+                                     "accepts a new size of a readable collection")
+        result = export_collection_to_postgres(self.chroma_for(where.database), self.db, where.name, health=OK,
+                                               accepted=True,
                                                health_detail=f"size accepted by an operator (was {before.status})",
                                                batch_size=self.settings.batch_size, stop=self.stop)
-        log.info("accept collection=%s records=%d snapshot=%d previous_baseline=%s", name, result.records,
-                 result.snapshot_id, before.snapshot_id)
-        return AcceptResult(name, result.records, result.snapshot_id, before.snapshot_id, before.status)
+        log.info("accept collection=%s records=%d snapshot=%d previous_baseline=%s", self.label(where),
+                 result.records, result.snapshot_id, before.snapshot_id)
+        return AcceptResult(self.label(where), result.records, result.snapshot_id, before.snapshot_id, before.status)
 
     def health_history(self, name: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Status transitions (a verdict whose status differs from the one before), newest first."""
-        self._check_names([name] if name else None)
+        """Status transitions and restores, newest first."""
         s = self.settings
-        rows = self.db.verdicts.health_history(s.chroma_tenant, s.chroma_database, name)
-        transitions = [r for r in rows if r["changed"]]
-        return transitions[:limit] if limit else transitions
+        wheres = [self.resolve(name)] if name else [Where(d, None) for d in self.backed_up_databases()]
+        events = []
+        for where in wheres:
+            for row in self.db.verdicts.health_history(s.chroma_tenant, where.database, where.name):
+                if row["changed"]:
+                    events.append({"time": row["checked_at"], "collection": self.label(Where(where.database, row["name"])),
+                                   "event": "status", "status": row["status"], "detail": row["detail"]})
+            for row in self.db.restores.restore_events(s.chroma_tenant, where.database, where.name):
+                events.append({"time": row["finished_at"], "collection": self.label(Where(where.database, row["name"])),
+                               "event": "restore", "status": RESTORED,
+                               "detail": f"restored snapshot {row['source_snapshot_id']} into {row['target']} "
+                                         f"({row['trigger']})"})
+        events.sort(key=lambda e: e["time"], reverse=True)
+        return events[:limit] if limit else events
 
     # -- restore, verify, snapshots, prune ------------------------------------------------------
 
     def restore(self, name: str | None, *, to: str | None = None, snapshot_id: int | None = None,
                 at: datetime | None = None, overwrite: bool = False, dry_run: bool = False,
                 reason: str | None = None, host: str | None = None, port: int | None = None,
-                ssl: bool | None = None, progress: Any = None) -> Any:
+                ssl: bool | None = None, to_database: str | None = None, progress: Any = None) -> Any:
         from export_import import import_postgres_to_chroma
 
         s = self.settings
-        name = self.single_collection(name)
-        target = to or s.target_name(name)
+        where = self.single_collection(name)
+        target = to or s.target_name(where.name)
         validate_collection_name(target, "--to")
-        chroma = self.chroma_at(host, port, ssl)
+        chroma = self.chroma_at(host, port, ssl, database=to_database or where.database)
         result = import_postgres_to_chroma(
-            chroma, self.db, name, target=target, snapshot_id=snapshot_id, at=at, overwrite=overwrite,
-            dry_run=dry_run, trigger=TRIGGER_CLI, reason=reason, tenant=s.chroma_tenant, database=s.chroma_database,
+            chroma, self.db, where.name, target=target, snapshot_id=snapshot_id, at=at, overwrite=overwrite,
+            dry_run=dry_run, trigger=TRIGGER_CLI, reason=reason, tenant=s.chroma_tenant, database=where.database,
             batch_size=s.batch_size, progress=progress, stop=self.stop)
+        result.source = self.label(where)
         if not dry_run:
             log.info("restore collection=%s snapshot=%d target=%s records=%d verified=%s seconds=%.2f",
-                     name, result.snapshot_id, target, result.records, result.verified, result.seconds)
+                     result.source, result.snapshot_id, target, result.records, result.verified, result.seconds)
         return result
 
     def verify(self, name: str | None, *, snapshot_id: int | None = None, target: str | None = None,
                host: str | None = None, port: int | None = None, ssl: bool | None = None) -> Any:
         from export_import import verify_collection
 
-        s = self.settings
-        name = self.single_collection(name)
+        where = self.single_collection(name)
         if target:
-            self._check_names([target], "--target")
-        result = verify_collection(self.chroma_at(host, port, ssl), self.db, name, snapshot_id=snapshot_id,
-                                   target=target, tenant=s.chroma_tenant, database=s.chroma_database)
+            validate_collection_name(target, "--target")
+        result = verify_collection(self.chroma_at(host, port, ssl, database=where.database), self.db, where.name,
+                                   snapshot_id=snapshot_id, target=target, tenant=self.settings.chroma_tenant,
+                                   database=where.database)
+        result.collection = self.label(where)
         log.info("verify collection=%s target=%s snapshot=%d identical=%s missing=%d extra=%d changed=%d",
-                 name, result.target, result.snapshot_id, result.identical, result.missing, result.extra,
+                 result.collection, result.target, result.snapshot_id, result.identical, result.missing, result.extra,
                  result.changed)
         return result
 
     def snapshots(self, name: str | None = None, limit: int | None = None) -> list[Any]:
         s = self.settings
-        self._check_names([name] if name else None)
-        return self.db.catalog.list_snapshots(s.chroma_tenant, s.chroma_database, name, limit=limit)
+        wheres = [self.resolve(name)] if name else [Where(d, None) for d in self.backed_up_databases()]
+        found = [snap for where in wheres
+                 for snap in self.db.catalog.list_snapshots(s.chroma_tenant, where.database, where.name, limit=limit)]
+        found.sort(key=lambda snap: snap.snapshot_id, reverse=True)
+        return found[:limit] if limit else found
 
     def prune(self, *, dry_run: bool = False) -> list[Any]:
         from export_import import prune_snapshots
 
         s = self.settings
-        results = prune_snapshots(self.db, tenant=s.chroma_tenant, database=s.chroma_database,
-                                  retention_days=s.retention_days, min_snapshots=s.retention_min_snapshots,
-                                  dry_run=dry_run)
-        for r in results:
-            if r.snapshots_deleted or r.failed_runs_deleted or r.versions_deleted or dry_run:
-                log.info("prune collection=%s snapshots_deleted=%d failed_deleted=%d versions_deleted=%d dry_run=%s",
-                         r.collection, len(r.snapshots_deleted), len(r.failed_runs_deleted), r.versions_deleted,
-                         r.dry_run)
+        results = []
+        for database in self.backed_up_databases():
+            for r in prune_snapshots(self.db, tenant=s.chroma_tenant, database=database,
+                                     retention_days=s.retention_days, min_snapshots=s.retention_min_snapshots,
+                                     dry_run=dry_run):
+                r.collection = self.label(Where(database, r.collection))
+                if r.snapshots_deleted or r.failed_runs_deleted or r.versions_deleted or dry_run:
+                    log.info("prune collection=%s snapshots_deleted=%d failed_deleted=%d versions_deleted=%d "
+                             "dry_run=%s", r.collection, len(r.snapshots_deleted), len(r.failed_runs_deleted),
+                             r.versions_deleted, r.dry_run)
+                results.append(r)
         return results
 
     def last_success(self) -> dict[str, float]:
         """Unix time of each collection's newest complete snapshot (seeds the metrics at start)."""
-        s = self.settings
         newest: dict[str, float] = {}
-        for snap in self.db.catalog.list_snapshots(s.chroma_tenant, s.chroma_database):
-            if snap.status == COMPLETE and snap.finished_at and snap.collection not in newest:
-                newest[snap.collection] = snap.finished_at.timestamp()
+        for snap in self.snapshots():
+            label = self.label(Where(snap.database, snap.collection))
+            if snap.status == COMPLETE and snap.finished_at and label not in newest:
+                newest[label] = snap.finished_at.timestamp()
         return newest
 
 

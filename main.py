@@ -175,7 +175,7 @@ def cmd_restore(args: argparse.Namespace, ops: Operations) -> int:
         result = ops.restore(args.collection, to=args.to, snapshot_id=args.snapshot,
                              at=parse_time(args.at) if args.at else None, overwrite=args.overwrite,
                              dry_run=args.dry_run, reason=args.reason, host=args.to_host, port=args.to_port,
-                             ssl=args.to_ssl, progress=progress)
+                             ssl=args.to_ssl, to_database=args.to_database, progress=progress)
     finally:
         progress.close()
     name, target = result.source, result.target
@@ -262,7 +262,7 @@ def _health_history(args: argparse.Namespace, ops: Operations) -> int:
     if not rows:
         print("no health history")
     for row in rows:
-        print(f"{_fmt_time(row['checked_at'])}  {row['name']:<24} -> {row['status']:<11} {row['detail'] or ''}")
+        print(f"{_fmt_time(row['time'])}  {row['collection']:<24} -> {row['status']:<11} {row['detail'] or ''}")
     return 0
 
 
@@ -345,7 +345,8 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("restore", "Restore a snapshot into a new collection (default NEW_COLLECTION_NAME), verified.")
-    p.add_argument("--collection", metavar="NAME", help="source collection (default: CHROMA_COLLECTION_NAME if one)")
+    p.add_argument("--collection", metavar="NAME", help="source collection, or DATABASE/NAME where databases share "
+                                                         "names (default: CHROMA_COLLECTION_NAME if one)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--snapshot", type=_positive_int, metavar="ID", help="snapshot id (default: latest complete)")
     which.add_argument("--at", metavar="ISO8601", help="newest complete snapshot finished at or before this time (UTC if no zone)")
@@ -353,6 +354,8 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing target (after the restore verified)")
     p.add_argument("--dry-run", action="store_true", help="show what would be restored, change nothing")
     _server_options(p, "to-", "restore into the Chroma server at HOST instead of CHROMADB_HOST")
+    p.add_argument("--to-database", metavar="DATABASE", help="restore into this database of the tenant "
+                                                             "(default: the source collection's)")
     p.add_argument("--reason", metavar="TEXT", help="why (recorded in the restores table)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

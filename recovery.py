@@ -71,7 +71,8 @@ def _source_for_in_place(db: Database, chroma: ChromaStore, name: str, origin: d
         return name, resolve_snapshot(db, chroma.tenant, chroma.database, name, healthy_only=True)
     except SnapshotNotFound:
         source = origin["collection"]
-        return source, resolve_snapshot(db, chroma.tenant, chroma.database, source, snapshot_id=origin["snapshot_id"])
+        return source, resolve_snapshot(db, chroma.tenant, origin["database"], source,
+                                        snapshot_id=origin["snapshot_id"])
 
 
 def recover_collection(chroma: ChromaStore, db: Database, verdict: HealthVerdict, *, target_name: Callable[[str], str],
@@ -92,7 +93,7 @@ def recover_collection(chroma: ChromaStore, db: Database, verdict: HealthVerdict
         replace = verdict.status != MISSING and chroma.exists(name)
         result = import_postgres_to_chroma(chroma, db, source, target=name, snapshot_id=snapshot.snapshot_id,
                                            overwrite=replace, keep_replaced=True, trigger=TRIGGER_AUTO, reason=reason,
-                                           batch_size=batch_size, stop=stop)
+                                           database=snapshot.database, batch_size=batch_size, stop=stop)
         kept = f"; the broken collection is kept as {result.replaced_kept}" if result.replaced_kept else ""
         log.info("recovery collection=%s action=restored in_place=true source=%s snapshot=%d records=%d%s",
                  name, source, snapshot.snapshot_id, result.records, kept)

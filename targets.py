@@ -1,6 +1,6 @@
-"""Which collections a round works on.
+"""Which collections of one database a round works on.
 
-``--collection`` wins, else CHROMA_COLLECTION_NAME; ``*`` means every collection on the server.
+``--collection`` wins, else CHROMA_COLLECTION_NAME; ``*`` means every collection of the database.
 No collection is ever left out because of its name: recovery targets are backed up and checked
 like any other.  The only collections left out of ``*`` are the ones restores use for their own
 work (a copy being built, a replaced target kept aside), recognised from the restores table, and
@@ -22,12 +22,12 @@ class Selection:
 
 
 def selected_collections(settings: Settings, chroma: Any, db: Any, requested: list[str] | None) -> Selection:
-    """The collections to back up."""
+    """The collections of ``chroma``'s database to back up."""
     if requested:
         return Selection(list(dict.fromkeys(requested)))
     if not settings.all_collections:
         return Selection(list(settings.collections))
-    work = db.restores.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
+    work = db.restores.work_names(chroma.tenant, chroma.database, chroma.address)
     live = chroma.list_collection_names()
     return Selection([n for n in live if n not in work],
                      {n: "a restore's working collection (being built, or a replaced target kept aside)"
@@ -37,12 +37,10 @@ def selected_collections(settings: Settings, chroma: Any, db: Any, requested: li
 def health_targets(settings: Settings, chroma: Any, db: Any, requested: list[str] | None) -> Selection:
     """Collections to check: as ``selected_collections``, and with ``*`` also every collection that
     has backups (a deleted collection no longer shows up in Chroma's list)."""
-    if requested or not settings.all_collections or chroma is None:
-        if chroma is None and not requested and settings.all_collections:
-            return Selection(db.catalog.collection_names(settings.chroma_tenant, settings.chroma_database))
-        return selected_collections(settings, chroma, db, requested)
-    selection = selected_collections(settings, chroma, db, None)
-    backed_up = db.catalog.collection_names(settings.chroma_tenant, settings.chroma_database)
-    work = db.restores.work_names(settings.chroma_tenant, settings.chroma_database, chroma.address)
+    selection = selected_collections(settings, chroma, db, requested)
+    if requested or not settings.all_collections:
+        return selection
+    backed_up = db.catalog.collection_names(chroma.tenant, chroma.database)
+    work = db.restores.work_names(chroma.tenant, chroma.database, chroma.address)
     selection.names = list(dict.fromkeys(selection.names + [n for n in backed_up if n not in work]))
     return selection

@@ -115,6 +115,13 @@ class Catalog(Part):
             cur.execute(self.tables.fmt("SELECT name FROM {coll} WHERE tenant = %s AND database = %s ORDER BY name"),
                         (tenant, database))
             return [row[0] for row in cur.fetchall()]
+    def database_names(self, tenant: str) -> list[str]:
+        """The databases of a tenant that have backups."""
+        with self.transaction("listing backed-up databases") as cur:
+            cur.execute(self.tables.fmt("SELECT DISTINCT database FROM {coll} WHERE tenant = %s ORDER BY database"),
+                        (tenant,))
+            return [row[0] for row in cur.fetchall()]
+
     def fail_stale_runs(self, collection_ref: int | None = None) -> int:
         """Mark ``running`` snapshots whose backend is gone as ``failed`` (a killed backup)."""
         tb = self.tables

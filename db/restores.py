@@ -12,14 +12,15 @@ class RestoreLog(Part):
     """One row per restore (source snapshot, target, status, verified, trigger)."""
 
     def begin_restore(self, snapshot: Snapshot, target: str, target_server: str, trigger: str,
-                      reason: str | None, temporary_name: str | None = None) -> int:
+                      reason: str | None, temporary_name: str | None = None,
+                      target_database: str | None = None) -> int:
         with self.transaction("recording the restore") as cur:
             cur.execute(self.tables.fmt(
                 "INSERT INTO {rest} (collection_ref, snapshot_id, source_snapshot_id, target, target_server, "
-                "status, trigger, reason, temporary_name) VALUES (%s, %s, %s, %s, %s, 'running', %s, %s, %s) "
-                "RETURNING restore_id"
+                "target_database, status, trigger, reason, temporary_name) "
+                "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s, %s, %s) RETURNING restore_id"
             ), (snapshot.collection_ref, snapshot.snapshot_id, snapshot.snapshot_id, target, target_server,
-                trigger, reason, temporary_name))
+                target_database or snapshot.database, trigger, reason, temporary_name))
             return cur.fetchone()[0]
     def set_restore_aside(self, restore_id: int, aside_name: str | None) -> None:
         """Where an overwrite keeps the replaced target while it swaps (None once it is gone)."""
@@ -27,17 +28,17 @@ class RestoreLog(Part):
             cur.execute(self.tables.fmt("UPDATE {rest} SET aside_name = %s WHERE restore_id = %s"),
                         (aside_name, restore_id))
     def recovery_targets(self, tenant: str, database: str, target_server: str) -> dict[str, dict[str, Any]]:
-        """Collections restores created on that server, by name: the newest verified restore into
-        each (source collection, snapshot, collection id).  The catalog, not a name pattern, says
-        which collections are recovery targets."""
+        """Collections restores created in that database on that server, by name: the newest
+        verified restore into each (source database and collection, snapshot, collection id).
+        The catalog, not a name pattern, says which collections are recovery targets."""
         with self.transaction("listing recovery targets") as cur:
             cur.execute(self.tables.fmt(
-                "SELECT DISTINCT ON (r.target) r.target, c.name, r.source_snapshot_id, r.target_collection_id "
-                "FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
-                "AND r.target_server = %s AND r.status = 'complete' AND r.verified "
-                "ORDER BY r.target, r.restore_id DESC"
+                "SELECT DISTINCT ON (r.target) r.target, c.name, r.source_snapshot_id, r.target_collection_id, "
+                "c.database FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s "
+                "AND coalesce(r.target_database, c.database) = %s AND r.target_server = %s "
+                "AND r.status = 'complete' AND r.verified ORDER BY r.target, r.restore_id DESC"
             ), (tenant, database, target_server))
-            return {row[0]: {"collection": row[1], "snapshot_id": row[2], "collection_id": row[3]}
+            return {row[0]: {"collection": row[1], "snapshot_id": row[2], "collection_id": row[3], "database": row[4]}
                     for row in cur.fetchall()}
     def work_names(self, tenant: str, database: str, target_server: str) -> set[str]:
         """Names restores use for their own work on that server (a collection being built, or a
@@ -45,10 +46,21 @@ class RestoreLog(Part):
         with self.transaction("listing restore work collections") as cur:
             cur.execute(self.tables.fmt(
                 "SELECT r.temporary_name, r.aside_name FROM {rest} r JOIN {coll} c USING (collection_ref) "
-                "WHERE c.tenant = %s AND c.database = %s AND r.target_server = %s "
+                "WHERE c.tenant = %s AND coalesce(r.target_database, c.database) = %s AND r.target_server = %s "
                 "AND (r.temporary_name IS NOT NULL OR r.aside_name IS NOT NULL)"
             ), (tenant, database, target_server))
             return {name for row in cur.fetchall() for name in row if name}
+    def restore_events(self, tenant: str, database: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Complete restores of a database's collections (or of one), oldest first."""
+        where = "c.tenant = %s AND c.database = %s AND r.status = 'complete'" + (" AND c.name = %s" if name else "")
+        params: tuple = (tenant, database, name) if name else (tenant, database)
+        with self.transaction("listing restores") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT c.name, r.finished_at, r.source_snapshot_id, r.target, r.trigger FROM {rest} r "
+                "JOIN {coll} c USING (collection_ref) WHERE " + where + " ORDER BY r.restore_id"), params)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
     def finish_restore(self, restore_id: int, *, status: str, records: int | None, verified: bool,
                        error: str | None = None, target_collection_id: str | None = None) -> None:
         with self.transaction("recording the restore result") as cur:

@@ -96,7 +96,8 @@ def _migrations(tb: Tables) -> list[sql.Composed]:
                 ADD COLUMN accepted boolean NOT NULL DEFAULT false,
                 ADD COLUMN origin_collection text,
                 ADD COLUMN origin_snapshot_id bigint;
-            ALTER TABLE {rest} ADD COLUMN temporary_name text, ADD COLUMN aside_name text;
+            ALTER TABLE {rest} ADD COLUMN temporary_name text, ADD COLUMN aside_name text,
+                ADD COLUMN target_database text;
             CREATE TABLE {health} (
                 health_id bigserial PRIMARY KEY,
                 collection_ref bigint NOT NULL REFERENCES {coll} ON DELETE CASCADE,

@@ -134,7 +134,7 @@ class DroppingHalf:
 def test_an_index_searching_half_the_data_reads_corrupt(ops, client, name):
     make_collection(client, name, 400, dim=16)
     assert ops.check(name).status == OK
-    ops._chroma = DroppingHalf(ops.chroma)
+    ops._chromas[ops.settings.chroma_database] = DroppingHalf(ops.chroma)
     verdict = ops.check(name)
     assert verdict.status == CORRUPT
     assert verdict.detail.startswith("self-recall failed for ")
@@ -208,7 +208,7 @@ def test_an_unexpected_error_in_one_collection_never_stops_the_others(ops, clien
     victim, survivor = name + "-a", name + "-b"
     make_collection(client, victim, 20)
     make_collection(client, survivor, 20)
-    ops._chroma = ExplodingFetch(ops.chroma, victim)
+    ops._chromas[ops.settings.chroma_database] = ExplodingFetch(ops.chroma, victim)
     results = {r.collection: r for r in ops.backup_round([victim, survivor])}
     assert results[survivor].status == COMPLETE
     assert results[victim].status == "failed"
@@ -224,9 +224,8 @@ def test_the_cli_exits_1_when_one_collection_fails_and_backs_up_the_rest(setting
     victim, survivor = name + "-a", name + "-b"
     make_collection(client, victim, 20)
     make_collection(client, survivor, 20)
-    real = Operations.chroma.fget
-
-    monkeypatch.setattr(Operations, "chroma", property(lambda self: ExplodingFetch(real(self), victim)))
+    real = Operations.chroma_for
+    monkeypatch.setattr(Operations, "chroma_for", lambda self, database: ExplodingFetch(real(self, database), victim))
     monkeypatch.setattr(main, "load_settings", lambda: settings)
     monkeypatch.setattr(main, "setup_logging", lambda _settings: None)
     code = main.main(["backup", "--collection", victim, "--collection", survivor])
