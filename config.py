@@ -63,7 +63,10 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "AUTO_RESTORE": ("true", "restore a missing/corrupt/shrunk collection into NEW_COLLECTION_NAME"),
     "RETRY_MAX_ATTEMPTS": ("5", "attempts for an operation failing with a transient error"),
     "RETRY_MAX_SECONDS": ("120", "total time budget of those retries"),
-    "METRICS_PORT": ("", "port of the Prometheus metrics endpoint; empty = off"),
+    "HTTP_PORT": ("9464", "daemon: port of the HTTP server (status page, JSON API, /metrics, /healthz); 0 = off"),
+    "HTTP_HOST": ("127.0.0.1", "daemon: address the HTTP server listens on; empty = 127.0.0.1, or 0.0.0.0 inside a container"),
+    "API_TOKEN": ("", "bearer token the API's POST endpoints require (never logged); empty = POSTs answer 403"),
+    "METRICS_PORT": ("", "old name of HTTP_PORT, used when HTTP_PORT is not set"),
     "HEARTBEAT_FILE": ("", "daemon: file touched each loop turn (the container HEALTHCHECK reads it); empty = DATA_DIR/heartbeat"),
 }
 
@@ -103,7 +106,9 @@ class Settings:
     auto_restore: bool = True
     retry_max_attempts: int = 5
     retry_max_seconds: float = 120.0
-    metrics_port: int | None = None
+    http_port: int = 9464
+    http_host: str = "127.0.0.1"
+    api_token: str | None = field(default=None, repr=False)
     heartbeat_file: str | None = None
 
     @property
@@ -281,6 +286,12 @@ def _database_url(value: str | None) -> str | None:
     return value
 
 
+def in_container() -> bool:
+    """Running in a Docker container (its engine creates /.dockerenv): the HTTP server must then
+    listen on every interface of the container for a published port to reach it."""
+    return os.path.exists("/.dockerenv")
+
+
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
     """Parse ``environ`` (default: ``os.environ``) over the values of ``env_file`` (if it exists).
 
@@ -305,6 +316,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
     if header.lower() not in ("authorization", "x-chroma-token"):
         raise ConfigError(f"CHROMA_AUTH_HEADER: expected Authorization or X-Chroma-Token, got {header!r}")
     metrics_port = r.integer("METRICS_PORT", None, 1, 65535)
+    http_port = r.integer("HTTP_PORT", metrics_port if metrics_port is not None else 9464, 0, 65535)
 
     return Settings(
         db_name=r.text("DB_NAME", "chroma_backup"),
@@ -340,6 +352,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         auto_restore=r.boolean("AUTO_RESTORE", True),
         retry_max_attempts=r.integer("RETRY_MAX_ATTEMPTS", 5, 1),
         retry_max_seconds=r.number("RETRY_MAX_SECONDS", 120.0, 0),
-        metrics_port=metrics_port,
+        http_port=http_port,
+        http_host=r.text("HTTP_HOST", "0.0.0.0" if in_container() else "127.0.0.1"),
+        api_token=r.optional("API_TOKEN"),
         heartbeat_file=r.optional("HEARTBEAT_FILE"),
     )

@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from datetime import timezone
+
 import schedule
 
 from errors import Interrupted
@@ -83,6 +85,9 @@ class Daemon:
         self.backup_worker = Worker("backup", self.backup_job, metrics)
         self.health_worker = Worker("health", self.health_job, metrics)
         self._seeded = False
+        self.backend = backend
+        self.scheduler = schedule.Scheduler()
+        self._jobs: dict[str, Any] = {}
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -111,16 +116,39 @@ class Daemon:
 
     # -- loop -----------------------------------------------------------------------------------
 
+    def schedule_info(self) -> dict[str, str | None]:
+        """When the next backup and health check are due (UTC, ISO 8601)."""
+        def due(job: Any) -> str | None:
+            if job is None or job.next_run is None:
+                return None
+            return job.next_run.astimezone().astimezone(timezone.utc).isoformat(timespec="seconds")
+        return {kind: due(job) for kind, job in self._jobs.items()}
+
+    def _http(self) -> Any:
+        """The HTTP server (status page, API, /metrics, /healthz), or None when HTTP_PORT is 0."""
+        s = self.settings
+        if not s.http_port:
+            return None
+        from api import HttpServer, create_app
+        from tasks import TaskRunner
+
+        reader = Operations(self.backend, stop=self.stop)
+        tasks = TaskRunner(self.backend, self.stop)
+        server = HttpServer(create_app(s, reader, tasks, self.metrics, self.schedule_info), s.http_host, s.http_port)
+        server.start()
+        return server
+
     def run(self) -> int:
         s = self.settings
-        if s.metrics_port:
-            self.metrics.serve(s.metrics_port)
-        scheduler = schedule.Scheduler()
-        scheduler.every(s.export_interval_minutes * 60).seconds.do(self.backup_worker.trigger)
-        scheduler.every(s.health_check_interval_minutes * 60).seconds.do(self.health_worker.trigger)
-        log.info("daemon started collections=%s export_every=%gmin health_every=%gmin auto_restore=%s metrics_port=%s",
-                 ",".join(s.collections), s.export_interval_minutes, s.health_check_interval_minutes,
-                 s.auto_restore, s.metrics_port or "off")
+        http = self._http()
+        scheduler = self.scheduler
+        self._jobs["backup"] = scheduler.every(s.export_interval_minutes * 60).seconds.do(self.backup_worker.trigger)
+        self._jobs["health"] = scheduler.every(s.health_check_interval_minutes * 60).seconds.do(
+            self.health_worker.trigger)
+        log.info("daemon started collections=%s databases=%s export_every=%gmin health_every=%gmin auto_restore=%s "
+                 "http=%s", ",".join(s.collections), ",".join(s.chroma_databases), s.export_interval_minutes,
+                 s.health_check_interval_minutes, s.auto_restore,
+                 f"{s.http_host}:{s.http_port}" if http else "off")
         self.backup_worker.trigger()
         self.health_worker.trigger()
         heartbeat = s.heartbeat_path
@@ -134,6 +162,8 @@ class Daemon:
         log.info("daemon stopping: waiting up to %.0fs for running jobs", SHUTDOWN_GRACE_SECONDS)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         finished = all(w.join(max(0.0, deadline - time.monotonic())) for w in (self.backup_worker, self.health_worker))
+        if http is not None:
+            http.stop()
         if finished:
             self.backup_ops.close()
             self.health_ops.close()

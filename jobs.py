@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, NamedTuple
 
 from config import Settings, validate_collection_name
-from errors import (BackupError, ChromaUnavailable, CollectionNotFound, Interrupted, UsageError,
+from errors import (BackupError, ChromaUnavailable, CollectionBusy, CollectionNotFound, Interrupted, UsageError,
                     VerificationFailed, first_line)
 from states import COMPLETE, FAILED, MISSING, OK, RECOVERED, RESTORED, SHRUNK, TRIGGER_CLI, UNREACHABLE
 
@@ -331,7 +331,9 @@ class Rounds(Stores):
         verdict = check_collection_health(self.chroma_for(where.database), self.db, where.name,
                                           min_ratio=s.health_min_record_ratio if min_ratio is None else min_ratio,
                                           sample_size=s.health_sample_size)
-        ref = self.db.catalog.collection_ref(s.chroma_tenant, where.database, where.name)
+        # A collection seen for the first time gets its catalog row now, so its history starts here.
+        ref = self.db.catalog.collection_ref(s.chroma_tenant, where.database, where.name,
+                                             create=verdict.status not in (MISSING, UNREACHABLE))
         if ref is not None:
             self.db.verdicts.record_verdict(ref, verdict.status, verdict.detail, verdict.records, verdict.snapshot_id)
         return verdict
@@ -505,6 +507,64 @@ class Operations(Rounds):
                              r.versions_deleted, r.dry_run)
                 results.append(r)
         return results
+
+    def overview(self, schedule: dict[str, str | None]) -> list[dict[str, Any]]:
+        """One row per selected collection: current health and since when, the last complete
+        snapshot, the last restore, and when the next backup and check are due."""
+        from targets import health_targets
+
+        s = self.settings
+        try:
+            wheres = self._selected(None, health_targets)
+        except ChromaUnavailable:
+            wheres = self._catalog_targets()
+        rows = []
+        for where in wheres:
+            ref = self.db.catalog.collection_ref(s.chroma_tenant, where.database, where.name)
+            latest = self.db.verdicts.latest(ref) if ref is not None else None
+            since = self.db.verdicts.status_since(ref) if ref is not None else None
+            snap = self.db.catalog.latest_complete(ref) if ref is not None else None
+            restores = self.db.restores.list_restores(ref, 1) if ref is not None else []
+            rows.append({
+                "collection": self.label(where), "database": where.database,
+                "status": latest["status"] if latest else None, "detail": latest["detail"] if latest else None,
+                "checked_at": latest["checked_at"].isoformat() if latest else None,
+                "since": since[1].isoformat() if since else None,
+                "records": latest["records"] if latest and latest["records"] is not None else
+                (snap.records if snap else None),
+                "last_snapshot": {key: value for key, value in snap.as_json().items()
+                                  if key in ("snapshot_id", "finished_at", "records", "health", "digest")}
+                if snap else None,
+                "last_restore": {key: restores[0][key] for key in ("restore_id", "source_snapshot_id", "target",
+                                                                   "status", "trigger", "finished_at")}
+                if restores else None,
+                "next_backup": schedule.get("backup"), "next_check": schedule.get("health"),
+            })
+        return rows
+
+    def restores(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Restores of every backed-up database, newest first."""
+        found = []
+        for database in self.backed_up_databases():
+            for row in self.db.restores.recent(self.settings.chroma_tenant, database, limit):
+                row["collection"] = self.label(Where(database, row["collection"]))
+                found.append(row)
+        found.sort(key=lambda row: row["restore_id"], reverse=True)
+        return found[:limit]
+
+    def check_not_busy(self, where: Where, target: str) -> None:
+        """Raise ``CollectionBusy`` when a backup or restore holds the collection or the target."""
+        for name in (where.name, target):
+            if self.db.locks.is_busy(self.settings.chroma_tenant, where.database, name):
+                raise CollectionBusy(f"collection {name!r} is busy: another backup or restore of it is running")
+
+    def snapshot_records(self, where: Where, snapshot_id: int | None) -> int:
+        """Records of the snapshot a restore would use (raises ``SnapshotNotFound``)."""
+        from export_import import resolve_snapshot
+
+        snap = resolve_snapshot(self.db, self.settings.chroma_tenant, where.database, where.name,
+                                snapshot_id=snapshot_id)
+        return snap.records or 0
 
     def last_success(self) -> dict[str, float]:
         """Unix time of each collection's newest complete snapshot (seeds the metrics at start)."""

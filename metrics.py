@@ -1,10 +1,10 @@
-"""Prometheus metrics of the daemon (served on METRICS_PORT when set)."""
+"""Prometheus metrics of the daemon (served at /metrics by the HTTP server, api.py)."""
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from states import HEALTH_STATUSES
 
@@ -25,11 +25,10 @@ class Metrics:
         self.health = Gauge("chroma_backup_health_status", "1 for the collection's current health status",
                             ["collection", "status"], registry=r)
         self.restores = Counter("chroma_backup_restores", "Restores by outcome", ["collection", "result"], registry=r)
+        self.http = Counter("chroma_backup_http_responses", "HTTP responses of the daemon's server by status class",
+                            ["code"], registry=r)
         self.loop = Gauge("chroma_backup_daemon_loop_timestamp_seconds", "Unix time of the last scheduler loop turn",
                           registry=r)
-
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
 
     def backup_ok(self, collection: str, *, seconds: float, records: int, added: int, updated: int,
                   deleted: int) -> None:
@@ -50,4 +49,9 @@ class Metrics:
         self.restores.labels(collection, result).inc()
 
     def tick(self) -> None:
-        self.loop.set(time.time())
+        self._loop_time = time.time()
+        self.loop.set(self._loop_time)
+
+    def loop_time(self) -> float:
+        """Unix time of the last scheduler loop turn (0 before the first)."""
+        return getattr(self, "_loop_time", 0.0)

@@ -40,3 +40,15 @@ class Locks(Part):
                         cur.execute("SELECT pg_advisory_unlock(%s)", args)
                 except BackupError:
                     pass  # the connection is gone, and the lock with it
+
+    def is_busy(self, tenant: str, database: str, name: str) -> bool:
+        """True when another session holds the collection's lock (this one does not keep it)."""
+        if (tenant, database, name) in self.session.held_locks:
+            return False
+        args = (_lock_key(self.tables.prefix, tenant, database, name),)
+        with self.transaction("probing the collection lock") as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", args)
+            if not cur.fetchone()[0]:
+                return True
+            cur.execute("SELECT pg_advisory_unlock(%s)", args)
+        return False

@@ -61,6 +61,17 @@ class RestoreLog(Part):
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def recent(self, tenant: str, database: str, limit: int) -> list[dict[str, Any]]:
+        """The newest restores of a database's collections."""
+        with self.transaction("listing restores") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT r.restore_id, c.name AS collection, r.source_snapshot_id, r.target, r.target_server, "
+                "r.target_database, r.status, r.started_at, r.finished_at, r.records, r.verified, r.trigger, r.reason, "
+                "r.error FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
+                "ORDER BY r.restore_id DESC LIMIT %s"), (tenant, database, limit))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
     def finish_restore(self, restore_id: int, *, status: str, records: int | None, verified: bool,
                        error: str | None = None, target_collection_id: str | None = None) -> None:
         with self.transaction("recording the restore result") as cur:

@@ -35,6 +35,15 @@ class HealthLog(Part):
             ), params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
+    def latest(self, collection_ref: int) -> dict[str, Any] | None:
+        """The newest verdict of a collection."""
+        with self.transaction("reading the latest health verdict") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT status, detail, records, checked_at, snapshot_id FROM {health} WHERE collection_ref = %s "
+                "ORDER BY health_id DESC LIMIT 1"), (collection_ref,))
+            row = cur.fetchone()
+            return dict(zip(("status", "detail", "records", "checked_at", "snapshot_id"), row)) if row else None
+
     def status_since(self, collection_ref: int) -> tuple[str, datetime] | None:
         """The current health status of a collection and when it began."""
         with self.transaction("reading the current health status") as cur:

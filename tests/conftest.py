@@ -147,6 +147,7 @@ def env(database_url, chroma_server, tmp_path):
         "CHROMA_COLLECTION_NAME": "*",
         "RETRY_MAX_ATTEMPTS": "2",
         "RETRY_MAX_SECONDS": "5",
+        "HTTP_PORT": "0",  # tests that use the HTTP server give it a free port of their own
     }
 
 

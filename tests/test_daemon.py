@@ -139,6 +139,7 @@ def test_retry_stops_after_the_attempt_budget():
 def test_daemon_backs_up_on_schedule_and_recovers_a_deleted_collection(env, tmp_path, client, name, daemons):
     make_collection(client, name, 1500, space="cosine")
     port = free_port()
+    env = {key: value for key, value in env.items() if key != "HTTP_PORT"}  # METRICS_PORT, the old name
     secret_env = {**env, **FAST, "CHROMA_COLLECTION_NAME": name, "METRICS_PORT": str(port),
                   "DATABASE_URL": with_password(env["DATABASE_URL"], "pw-s3cret-xyz"),
                   "CHROMA_AUTH_TOKEN": "tok-s3cret-xyz"}
@@ -411,7 +412,7 @@ def gauge(port, metric, collection):
 def test_the_last_success_gauge_moves_with_every_backup_and_survives_a_restart(env, tmp_path, client, name, daemons):
     make_collection(client, name, 40)
     port = free_port()
-    settings = {**env, **FAST, "CHROMA_COLLECTION_NAME": name, "METRICS_PORT": str(port)}
+    settings = {**env, **FAST, "CHROMA_COLLECTION_NAME": name, "HTTP_PORT": str(port)}
     daemon = daemons(settings, tmp_path)
     metric = "chroma_backup_last_success_timestamp_seconds"
     first = wait_for(lambda: gauge(port, metric, name), what="the first backup's gauge")

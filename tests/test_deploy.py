@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,8 +113,67 @@ def test_compose_app_service():
     assert app["restart"] == "unless-stopped"
     grace = re.fullmatch(r"(\d+)s", app["stop_grace_period"])
     assert grace and int(grace.group(1)) > 10  # the daemon's shutdown grace is 8 s after the current batch
-    assert app["ports"] == ["${METRICS_PORT:-9464}:${METRICS_PORT:-9464}"]
-    assert env_example_values()["METRICS_PORT"] == "9464"
+    assert app["ports"] == ["127.0.0.1:${HTTP_PORT:-9464}:${HTTP_PORT:-9464}"]
+    assert env_example_values()["HTTP_PORT"] == "9464"
+    assert app["environment"]["HTTP_HOST"] == "0.0.0.0"
+    assert "HEARTBEAT_FILE" not in app["environment"]  # the image's HEALTHCHECK must follow the daemon's default
+
+
+def test_compose_publishes_every_port_on_loopback_only():
+    for name, service in COMPOSE["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_compose_monitoring_profile_is_pinned_and_loads_the_bundle():
+    services = COMPOSE["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        image, _, tag = services[name]["image"].partition(":")
+        assert tag and tag != "latest" and re.match(r"v?\d+\.\d+\.\d+$", tag), services[name]["image"]
+    mounts = " ".join(services["prometheus"]["volumes"] + services["grafana"]["volumes"])
+    for path in ("deploy/prometheus/alerts.yml", "deploy/prometheus/prometheus.yml", "deploy/grafana/provisioning",
+                 "deploy/grafana/dashboards"):
+        assert "./" + path in mounts and (ROOT / path).exists()
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["app:9464"]
+
+
+def test_the_grafana_dashboard_only_uses_metrics_the_daemon_exports():
+    import json
+
+    from metrics import Metrics
+
+    exported = {m.name for m in Metrics().registry.collect()}
+    exported |= {name + "_total" for name in exported}
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/chroma-backup.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"chroma_backup_\w+", target["expr"])}
+    assert used and used <= exported, used - exported
+    rules = (ROOT / "deploy/prometheus/alerts.yml").read_text()
+    assert set(re.findall(r"chroma_backup_\w+", rules)) <= exported
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None and not os.environ.get("CI"),
+                    reason="promtool (Debian package prometheus) not installed")
+def test_the_alert_rules_pass_promtool_unit_tests():
+    assert shutil.which("promtool"), ".ci/run installs Debian's prometheus package"
+    check = subprocess.run(["promtool", "check", "rules", "alerts.yml"], cwd=ROOT / "deploy/prometheus",
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 5 rules found" in check.stdout
+    test = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=ROOT / "deploy/prometheus",
+                          capture_output=True, text=True)
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def test_the_image_healthcheck_follows_the_daemons_own_heartbeat_default(tmp_path):
+    command = re.search(r'HEALTHCHECK .*\n\s+CMD \["python", "-c", "(.*)"\]', DOCKERFILE).group(1)
+    (tmp_path / "heartbeat").write_text("1\n")
+    env = {"PATH": os.environ["PATH"], "DATA_DIR": str(tmp_path), "HEARTBEAT_FILE": ""}  # as --env-file .env.example
+    assert subprocess.run([sys.executable, "-c", command], env=env).returncode == 0
+    os.utime(tmp_path / "heartbeat", (time.time() - 300, time.time() - 300))
+    assert subprocess.run([sys.executable, "-c", command], env=env).returncode == 1
 
 
 def test_dockerfile():
@@ -121,6 +182,7 @@ def test_dockerfile():
     copy_req = lines.index("COPY requirements.txt .")
     install = lines.index("RUN pip install -r requirements.txt")
     copy_code = next(i for i, line in enumerate(lines) if line.startswith("COPY --chown=app:app *.py"))
+    assert "COPY --chown=app:app db ./db" in lines and "COPY --chown=app:app templates ./templates" in lines
     assert copy_req < install < copy_code  # dependencies in their own cached layer
     assert "USER app" in lines and lines.index("USER app") > install
     assert 'ENTRYPOINT ["python", "main.py"]' in lines and 'CMD ["run"]' in lines
@@ -132,10 +194,12 @@ def test_dockerfile():
 def test_docker_compose_config_is_valid(tmp_path):
     for name in ("docker-compose.yml", "Dockerfile"):
         shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copy(ROOT / ".env.example", tmp_path / ".env")
-    result = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config", "-q"], cwd=tmp_path,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    for profile in ([], ["--profile", "monitoring"]):
+        result = subprocess.run(["docker-compose", "-f", "docker-compose.yml", *profile, "config", "-q"],
+                                cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
 
 
 def test_the_demo_runs_the_whole_loop_in_under_a_minute(tmp_path):
