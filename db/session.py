@@ -17,7 +17,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from config import Settings
-from errors import BackupError, PostgresUnavailable, first_line
+from errors import BackupError, ConfigError, PostgresUnavailable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,11 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self, dbname: str) -> str:
-        import pgserver  # only needed when no PostgreSQL server is configured
+        try:
+            import pgserver  # only needed when no PostgreSQL server is configured
+        except ImportError:  # the Docker image leaves it out
+            raise ConfigError("DB_HOST: expected a PostgreSQL host (or DATABASE_URL): this installation has no "
+                              "embedded PostgreSQL (pgserver is not installed)") from None
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
