@@ -9,9 +9,11 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# Dependencies first: this layer stays cached until requirements.txt changes.
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# Dependencies first: this layer stays cached until the requirements change.  The image takes the
+# HTTP-only Chroma client (the daemon only talks HTTP; the full chromadb wheel carries the server's
+# dependencies, ~500 MB) and no embedded PostgreSQL: DB_HOST (or DATABASE_URL) is required here.
+COPY requirements-base.txt requirements-image.txt ./
+RUN pip install --no-compile -r requirements-image.txt
 
 RUN useradd --create-home --uid 10001 app && mkdir -p /app/data && chown app:app /app/data
 COPY --chown=app:app *.py ./

@@ -179,8 +179,8 @@ def test_the_image_healthcheck_follows_the_daemons_own_heartbeat_default(tmp_pat
 def test_dockerfile():
     lines = [line.strip() for line in DOCKERFILE.splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0] == "FROM python:3.11-slim"
-    copy_req = lines.index("COPY requirements.txt .")
-    install = lines.index("RUN pip install -r requirements.txt")
+    copy_req = lines.index("COPY requirements-base.txt requirements-image.txt ./")
+    install = lines.index("RUN pip install --no-compile -r requirements-image.txt")
     copy_code = next(i for i, line in enumerate(lines) if line.startswith("COPY --chown=app:app *.py"))
     assert "COPY --chown=app:app db ./db" in lines and "COPY --chown=app:app templates ./templates" in lines
     assert copy_req < install < copy_code  # dependencies in their own cached layer
