@@ -110,11 +110,13 @@ class Catalog(Part):
                 "ON CONFLICT (tenant, database, name) DO UPDATE SET name = EXCLUDED.name RETURNING collection_ref"
             ), (tenant, database, name))
             return cur.fetchone()[0]
+
     def collection_names(self, tenant: str, database: str) -> list[str]:
         with self.transaction("listing backed-up collections") as cur:
             cur.execute(self.tables.fmt("SELECT name FROM {coll} WHERE tenant = %s AND database = %s ORDER BY name"),
                         (tenant, database))
             return [row[0] for row in cur.fetchall()]
+
     def database_names(self, tenant: str) -> list[str]:
         """The databases of a tenant that have backups."""
         with self.transaction("listing backed-up databases") as cur:
@@ -139,6 +141,7 @@ class Catalog(Part):
         if count:
             log.warning("stale_runs_failed count=%d", count)
         return count
+
     def begin_snapshot(self, collection_ref: int, *, health: str | None, health_detail: str | None = None,
                        accepted: bool = False, origin: tuple[str, int] | None = None,
                        forced: bool = False) -> int:
@@ -155,29 +158,33 @@ class Catalog(Part):
             ), (collection_ref, forced, health, (health_detail or "")[:2000] or None, accepted, origin_collection,
                 origin_snapshot, socket.gethostname()))
             return cur.fetchone()[0]
+
     def fail_snapshot(self, snapshot_id: int, error: str) -> None:
         with self.transaction("marking the snapshot failed") as cur:
             cur.execute(self.tables.fmt(
                 "UPDATE {snap} SET status = 'failed', finished_at = clock_timestamp(), error = %s "
                 "WHERE snapshot_id = %s AND status = 'running'"
             ), (error[:2000], snapshot_id))
+
     def _snapshots_query(self, where: str, order: str = "s.snapshot_id DESC", limit: int | None = None) -> sql.Composed:
         return self.tables.fmt(
             "SELECT " + _SNAPSHOT_COLUMNS + " FROM {snap} s JOIN {coll} c USING (collection_ref) "
             "WHERE " + where + " ORDER BY " + order + ("" if limit is None else f" LIMIT {int(limit)}")
         )
+
     def list_snapshots(self, tenant: str, database: str, name: str | None = None,
                        limit: int | None = None) -> list[Snapshot]:
-        where = "c.tenant = %s AND c.database = %s" + (" AND c.name = %s" if name else "")
-        params = (tenant, database, name) if name else (tenant, database)
+        where, params = self.collections_where(tenant, database, name)
         with self.transaction("listing snapshots") as cur:
             cur.execute(self._snapshots_query(where, limit=limit), params)
             return [_snapshot(row) for row in cur.fetchall()]
+
     def get_snapshot(self, snapshot_id: int) -> Snapshot | None:
         with self.transaction("reading a snapshot") as cur:
             cur.execute(self._snapshots_query("s.snapshot_id = %s"), (snapshot_id,))
             row = cur.fetchone()
             return _snapshot(row) if row else None
+
     def latest_complete(self, collection_ref: int, *, at: datetime | None = None,
                         healthy_only: bool = False) -> Snapshot | None:
         where = "s.collection_ref = %s AND s.status = 'complete'"

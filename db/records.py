@@ -20,6 +20,7 @@ class RecordStore(Part):
         if snapshot_id is None:
             return "valid_to IS NULL", ()
         return "valid_from <= %s AND (valid_to IS NULL OR valid_to > %s)", (snapshot_id, snapshot_id)
+
     def record_digests(self, collection_ref: int, snapshot_id: int | None = None) -> dict[str, bytes]:
         """record_id -> digest for a snapshot (None: the current versions)."""
         visible, params = self._visible(snapshot_id)
@@ -28,6 +29,7 @@ class RecordStore(Part):
         )
         return {row[0]: bytes.fromhex(row[1])
                 for row in self.session.copy_out(query, (collection_ref, *params), "reading record digests")}
+
     def iter_snapshot_records(self, collection_ref: int, snapshot_id: int, batch_size: int,
                               record_ids: list[str] | None = None) -> Iterator[RecordBatch]:
         """The records of a snapshot (or only ``record_ids`` of it) in batches of at most
@@ -63,6 +65,7 @@ class RecordStore(Part):
                 ids.clear(), vectors.clear(), documents.clear(), metadatas.clear(), uris.clear()
         if ids:
             yield flush()
+
     def vacuum_records(self) -> None:
         """VACUUM (ANALYZE) the record table, so the space of versions closed by UPDATE or
         removed by prune is reused by the next inserts instead of growing the table (a row with
@@ -80,11 +83,13 @@ class RecordStore(Part):
         finally:
             if not conn.closed:
                 conn.autocommit = False
+
     @contextmanager
     def snapshot_writer(self, collection_ref: int, snapshot_id: int) -> Iterator["SnapshotWriter"]:
         """One transaction holding every record change of a snapshot and its flip to complete."""
         with self.transaction("writing the snapshot") as cur:
             yield SnapshotWriter(self.session, cur, collection_ref, snapshot_id)
+
     def sample_record_ids(self, collection_ref: int, n: int) -> list[str]:
         """Up to ``n`` random ids of the current versions (the health probe's sample)."""
         with self.transaction("sampling record ids") as cur:

@@ -22,11 +22,13 @@ class RestoreLog(Part):
             ), (snapshot.collection_ref, snapshot.snapshot_id, snapshot.snapshot_id, target, target_server,
                 target_database or snapshot.database, trigger, reason, temporary_name))
             return cur.fetchone()[0]
+
     def set_restore_aside(self, restore_id: int, aside_name: str | None) -> None:
         """Where an overwrite keeps the replaced target while it swaps (None once it is gone)."""
         with self.transaction("recording the replaced collection") as cur:
             cur.execute(self.tables.fmt("UPDATE {rest} SET aside_name = %s WHERE restore_id = %s"),
                         (aside_name, restore_id))
+
     def recovery_targets(self, tenant: str, database: str, target_server: str) -> dict[str, dict[str, Any]]:
         """Collections restores created in that database on that server, by name: the newest
         verified restore into each (source database and collection, snapshot, collection id).
@@ -40,6 +42,7 @@ class RestoreLog(Part):
             ), (tenant, database, target_server))
             return {row[0]: {"collection": row[1], "snapshot_id": row[2], "collection_id": row[3], "database": row[4]}
                     for row in cur.fetchall()}
+
     def work_names(self, tenant: str, database: str, target_server: str) -> set[str]:
         """Names restores use for their own work on that server (a collection being built, or a
         replaced target kept aside): never backed up or checked as collections of their own."""
@@ -50,16 +53,16 @@ class RestoreLog(Part):
                 "AND (r.temporary_name IS NOT NULL OR r.aside_name IS NOT NULL)"
             ), (tenant, database, target_server))
             return {name for row in cur.fetchall() for name in row if name}
+
     def restore_events(self, tenant: str, database: str, name: str | None = None) -> list[dict[str, Any]]:
         """Complete restores of a database's collections (or of one), oldest first."""
-        where = "c.tenant = %s AND c.database = %s AND r.status = 'complete'" + (" AND c.name = %s" if name else "")
-        params: tuple = (tenant, database, name) if name else (tenant, database)
+        where, params = self.collections_where(tenant, database, name)
         with self.transaction("listing restores") as cur:
             cur.execute(self.tables.fmt(
                 "SELECT c.name, r.finished_at, r.source_snapshot_id, r.target, r.trigger FROM {rest} r "
-                "JOIN {coll} c USING (collection_ref) WHERE " + where + " ORDER BY r.restore_id"), params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+                "JOIN {coll} c USING (collection_ref) WHERE r.status = 'complete' AND " + where
+                + " ORDER BY r.restore_id"), params)
+            return self.dicts(cur)
 
     def recent(self, tenant: str, database: str, limit: int) -> list[dict[str, Any]]:
         """The newest restores of a database's collections."""
@@ -69,8 +72,7 @@ class RestoreLog(Part):
                 "r.target_database, r.status, r.started_at, r.finished_at, r.records, r.verified, r.trigger, r.reason, "
                 "r.error FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
                 "ORDER BY r.restore_id DESC LIMIT %s"), (tenant, database, limit))
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return self.dicts(cur)
 
     def finish_restore(self, restore_id: int, *, status: str, records: int | None, verified: bool,
                        error: str | None = None, target_collection_id: str | None = None) -> None:
@@ -79,18 +81,7 @@ class RestoreLog(Part):
                 "UPDATE {rest} SET status = %s, finished_at = clock_timestamp(), records = %s, verified = %s, "
                 "error = %s, target_collection_id = %s WHERE restore_id = %s"
             ), (status, records, verified, error[:2000] if error else None, target_collection_id, restore_id))
-    def last_complete_restore(self, collection_ref: int, target: str, target_server: str) -> dict[str, Any] | None:
-        """The newest verified restore of this collection into ``target`` on that server."""
-        with self.transaction("finding the last restore") as cur:
-            cur.execute(self.tables.fmt(
-                "SELECT restore_id, source_snapshot_id, target_collection_id, records FROM {rest} "
-                "WHERE collection_ref = %s AND target = %s AND target_server = %s AND status = 'complete' "
-                "AND verified ORDER BY restore_id DESC LIMIT 1"
-            ), (collection_ref, target, target_server))
-            row = cur.fetchone()
-        if row is None:
-            return None
-        return dict(zip(("restore_id", "snapshot_id", "target_collection_id", "records"), row))
+
     def list_restores(self, collection_ref: int, limit: int = 20) -> list[dict[str, Any]]:
         with self.transaction("listing restores") as cur:
             cur.execute(self.tables.fmt(
@@ -98,5 +89,4 @@ class RestoreLog(Part):
                 "started_at, finished_at, records, verified, trigger, reason, error FROM {rest} WHERE collection_ref = %s "
                 "ORDER BY restore_id DESC LIMIT %s"
             ), (collection_ref, limit))
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return self.dicts(cur)

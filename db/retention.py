@@ -35,6 +35,7 @@ class Retention(Part):
             ), (collection_ref, retention_days * 86400.0))
             failed = [row[0] for row in cur.fetchall()]
         return expired, failed
+
     def prune(self, collection_ref: int, snapshot_ids: list[int], *, commit: bool = True,
               verdicts_older_than_days: float | None = None) -> int:
         """Delete the snapshots and every record version no remaining complete snapshot sees (and
@@ -55,6 +56,7 @@ class Retention(Part):
                 "  AND s.snapshot_id >= r.valid_from AND s.snapshot_id < r.valid_to)"
             ), (collection_ref,))
             return cur.rowcount
+
     def storage_bytes(self) -> int:
         """Total size (with indexes and TOAST) of every table of this BACKUP_TABLE."""
         names = [self.tables.prefix + suffix

@@ -181,12 +181,15 @@ class Session:
             self._conn = conn
             self.held_locks.clear()
         return self
+
     def sibling(self) -> "Session":
         """Another session on the same database (its own connection, for another thread)."""
         return Session(self.settings, self._embedded_dsn)
+
     @property
     def conn(self) -> Any:
         return self.connect()._conn
+
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
             try:
@@ -195,6 +198,7 @@ class Session:
                 pass
         self._conn = None
         self.held_locks.clear()
+
     def reset_after_error(self) -> None:
         """Roll back, or drop a connection that is broken so the next call reconnects."""
         if self._conn is None or self._conn.closed:
@@ -204,6 +208,7 @@ class Session:
             self._conn.rollback()
         except psycopg2.Error:
             self.close()
+
     @contextmanager
     def transaction(self, what: str, *, commit: bool = True) -> Iterator[Any]:
         """A cursor in a transaction that commits on success (rolls back if not ``commit``)
@@ -222,10 +227,12 @@ class Session:
         except BaseException:
             self.reset_after_error()
             raise
+
     def ping(self) -> str:
         with self.transaction("ping") as cur:
             cur.execute("SELECT current_setting('server_version')")
             return cur.fetchone()[0]
+
     def copy_out(self, query: sql.Composed, params: tuple, what: str) -> Iterator[list[str]]:
         """Stream ``COPY (query) TO STDOUT (FORMAT csv)`` rows with bounded memory.
 
@@ -297,3 +304,16 @@ class Part:
 
     def transaction(self, what: str, *, commit: bool = True) -> Any:
         return self.session.transaction(what, commit=commit)
+
+    @staticmethod
+    def dicts(cur: Any) -> list[dict[str, Any]]:
+        """The fetched rows as dicts keyed by column name."""
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    @staticmethod
+    def collections_where(tenant: str, database: str, name: str | None) -> tuple[str, tuple]:
+        """SQL condition and parameters on {coll} (alias c) for one database, or one collection of it."""
+        if name:
+            return "c.tenant = %s AND c.database = %s AND c.name = %s", (tenant, database, name)
+        return "c.tenant = %s AND c.database = %s", (tenant, database)

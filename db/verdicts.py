@@ -19,11 +19,11 @@ class HealthLog(Part):
                 "INSERT INTO {health} (collection_ref, status, detail, records, snapshot_id) "
                 "VALUES (%s, %s, %s, %s, %s)"
             ), (collection_ref, status, detail[:2000], records, snapshot_id))
+
     def health_history(self, tenant: str, database: str, name: str | None = None,
                        limit: int | None = None) -> list[dict[str, Any]]:
         """Verdicts, newest first, with the time each status began (``since``)."""
-        where = "c.tenant = %s AND c.database = %s" + (" AND c.name = %s" if name else "")
-        params: tuple = (tenant, database, name) if name else (tenant, database)
+        where, params = self.collections_where(tenant, database, name)
         with self.transaction("reading the health history") as cur:
             cur.execute(self.tables.fmt(
                 "SELECT name, checked_at, status, detail, records, snapshot_id, changed FROM ("
@@ -33,8 +33,8 @@ class HealthLog(Part):
                 "  FROM {health} h JOIN {coll} c USING (collection_ref) WHERE " + where + ") v "
                 "ORDER BY health_id DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
             ), params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return self.dicts(cur)
+
     def latest(self, collection_ref: int) -> dict[str, Any] | None:
         """The newest verdict of a collection."""
         with self.transaction("reading the latest health verdict") as cur:

@@ -19,23 +19,18 @@ import pytest
 import requests
 
 from conftest import ROOT, free_port
+from test_daemon import wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "docker"))
 import harness  # noqa: E402
 
+
+def wait(predicate, timeout, what):
+    return wait_for(predicate, timeout=timeout, interval=1.0, what=what)
+
 pytestmark = pytest.mark.docker
 IMAGE = "chroma-backup:test"
 IMAGE_LIMIT_BYTES = 300 * 1000 * 1000
-
-
-def wait(predicate, timeout, what, interval=1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
