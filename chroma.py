@@ -198,6 +198,7 @@ class ChromaStore:
     server_version: str
     timeout: float
     _max_batch: int | None = field(default=None, repr=False)
+    _reconnect: Any = field(default=None, repr=False)  # opens another client like this one
 
     @classmethod
     def connect(cls, settings: Settings, *, host: str | None = None, port: int | None = None,
@@ -227,7 +228,14 @@ class ChromaStore:
                 version = client.get_version()
         except ValueError as error:  # chromadb's "Could not connect to a Chroma server"
             raise ChromaUnavailable(f"Chroma unreachable at {address}: {first_line(error)}") from error
-        return cls(client, settings.chroma_tenant, database, address, str(version), timeout)
+        return cls(client, settings.chroma_tenant, database, address, str(version), timeout,
+                   _reconnect=lambda: cls.connect(settings, host=host, port=port, ssl=ssl, timeout=timeout,
+                                                  database=database))
+
+    def clone(self) -> "ChromaStore":
+        """Another client to the same server and database (one per reading thread: the server
+        answers concurrent reads in parallel)."""
+        return self._reconnect()
 
     # -- server ---------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CHROMA_COLLECTION_NAME": ("*", "collection(s) to back up: one name, a comma-separated list, or * for all"),
     "NEW_COLLECTION_NAME": ("{name}_restored", "restore target; {name} is replaced by the source collection's name"),
     "BATCH_SIZE": ("0", "records per Chroma request; 0 = automatic (reads 250; writes the server's maximum batch size)"),
+    "READ_WORKERS": ("2", "concurrent Chroma clients reading a collection (backup, verify, restore verification)"),
     "RETENTION_DAYS": ("30", "prune deletes complete snapshots and failed runs older than this many days"),
     "RETENTION_MIN_SNAPSHOTS": ("7", "prune always keeps at least this many complete snapshots per collection"),
     "DATA_DIR": ("./data", "local state: the embedded PostgreSQL lives in DATA_DIR/postgres"),
@@ -92,6 +93,7 @@ class Settings:
     collections: tuple[str, ...] = ("*",)
     new_collection_name: str = "{name}_restored"
     batch_size: int = 0
+    read_workers: int = 2
     retention_days: float = 30.0
     retention_min_snapshots: int = 7
     data_dir: str = "./data"
@@ -338,6 +340,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         collections=_collections(r.text("CHROMA_COLLECTION_NAME", "*")),
         new_collection_name=_new_collection_name(r.text("NEW_COLLECTION_NAME", "{name}_restored")),
         batch_size=r.integer("BATCH_SIZE", 0, 0),
+        read_workers=r.integer("READ_WORKERS", 2, 1, 16),
         retention_days=r.number("RETENTION_DAYS", 30.0, 0),
         retention_min_snapshots=r.integer("RETENTION_MIN_SNAPSHOTS", 7, 1),
         data_dir=r.text("DATA_DIR", "./data"),

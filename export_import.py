@@ -12,6 +12,8 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -103,6 +105,37 @@ def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
         yield ids[start:start + size]
 
 
+def read_batches(chroma: ChromaStore, collection: Any, ids: list[str], size: int,
+                 workers: int = 1) -> Iterator[RecordBatch]:
+    """The records of ``ids`` in batches of ``size``, in order, read ahead by ``workers``
+    concurrent clients (one each; at most ``workers`` + 1 batches in memory).  One worker reads
+    ahead in a single background thread."""
+    chunks = _batches(ids, size)
+    if workers <= 1:
+        yield from prefetch(chroma.fetch(collection, chunk) for chunk in chunks)
+        return
+    local = threading.local()
+
+    def fetch(chunk: list[str]) -> RecordBatch:
+        if not hasattr(local, "store"):
+            local.store = chroma.clone()
+            local.collection = local.store.open(collection.name)
+        return local.store.fetch(local.collection, chunk)
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="chroma-read") as pool:
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(fetch, chunk))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # the consumer stopped early: drop what is not running yet
+                future.cancel()
+
+
 # -- backup -------------------------------------------------------------------------------------
 
 @dataclass
@@ -130,10 +163,10 @@ class BackupResult:
 def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, *,
                                   health: str | None = None, health_detail: str | None = None,
                                   accepted: bool = False, origin: tuple[str, int] | None = None,
-                                  batch_size: int = 0, progress: Progress | None = None,
+                                  batch_size: int = 0, read_workers: int = 1, progress: Progress | None = None,
                                   stop: threading.Event | None = None) -> BackupResult:
     """Back up one collection as a new snapshot labelled with the ``health`` verdict it was taken
-    under; only changed records are written.
+    under; only changed records are written.  ``read_workers`` clients read Chroma concurrently.
 
     Raises ``CollectionNotFound`` (no snapshot row is made), ``CollectionBusy``, ``Interrupted`` or
     a store error; any failure after the snapshot row exists marks that row ``failed`` and leaves
@@ -165,8 +198,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
             dimension: int | None = None
             step = "copying records"
             with db.records.snapshot_writer(ref, snapshot_id) as writer:
-                fetches = (chroma.fetch(collection, chunk) for chunk in _batches(ids, size))
-                for batch in prefetch(fetches):
+                for batch in read_batches(chroma, collection, ids, size, read_workers):
                     _check_stop(stop, "backup")
                     if len(batch) and dimension is None:
                         dimension = int(batch.embeddings.shape[1])
@@ -290,7 +322,8 @@ def _compare_batch(batch: RecordBatch, remaining: dict[str, bytes], result: Comp
 
 def compare_collection(chroma: ChromaStore, collection: Any, expected: dict[str, bytes], *,
                        space: str = "l2", load_stored: StoredLoader | None = None, batch_size: int = 0,
-                       progress: Progress | None = None, stop: threading.Event | None = None) -> Comparison:
+                       read_workers: int = 1, progress: Progress | None = None,
+                       stop: threading.Event | None = None) -> Comparison:
     """Record-by-record comparison of a live collection with expected digests.
 
     In a cosine collection, records whose digest differs are looked up with ``load_stored`` and
@@ -310,8 +343,7 @@ def compare_collection(chroma: ChromaStore, collection: Any, expected: dict[str,
     content = ContentDigest()
     size = chroma.read_batch_size(batch_size)
     loader = load_stored if space == "cosine" else None
-    fetches = (chroma.fetch(collection, chunk) for chunk in _batches(known, size))
-    for batch in prefetch(fetches):
+    for batch in read_batches(chroma, collection, known, size, read_workers):
         _check_stop(stop, "verify")
         _compare_batch(batch, remaining, result, content, loader)
         progress(len(batch))
@@ -326,8 +358,9 @@ class _ReadBackVerifier:
     ids to catch missing and extra records."""
 
     def __init__(self, chroma: ChromaStore, collection: Any, expected: dict[str, bytes],
-                 load_stored: StoredLoader | None):
+                 load_stored: StoredLoader | None, read_workers: int = 1):
         self.chroma = chroma
+        self.read_workers = read_workers
         self.collection = collection
         self.remaining = dict(expected)
         self.expected_ids = expected.keys()
@@ -348,8 +381,7 @@ class _ReadBackVerifier:
             if self.failure is not None:
                 continue  # keep draining so submit() never blocks
             try:
-                for chunk in _batches(ids, size):
-                    batch = self.chroma.fetch(self.collection, chunk)
+                for batch in read_batches(self.chroma, self.collection, ids, size, self.read_workers):
                     _compare_batch(batch, self.remaining, self.result, self.content, self.load_stored)
             except BaseException as error:  # handed to finish()
                 self.failure = error
@@ -478,7 +510,7 @@ def _stored_loader(db: Database, snapshot: Snapshot) -> StoredLoader:
 
 def verify_collection(chroma: ChromaStore, db: Database, name: str, *, snapshot_id: int | None = None,
                       target: str | None = None, tenant: str | None = None, database: str | None = None,
-                      progress: Progress | None = None) -> VerifyResult:
+                      read_workers: int = 1, progress: Progress | None = None) -> VerifyResult:
     """Compare the live collection ``target`` (default ``name``) with a snapshot of ``name``."""
     started = time.monotonic()
     tenant, database = tenant or chroma.tenant, database or chroma.database
@@ -488,7 +520,8 @@ def verify_collection(chroma: ChromaStore, db: Database, name: str, *, snapshot_
     expected = db.records.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
     info = snapshot_info(snapshot)
     comparison = compare_collection(chroma, collection, expected, space=info.space,
-                                    load_stored=_stored_loader(db, snapshot), progress=progress)
+                                    load_stored=_stored_loader(db, snapshot), read_workers=read_workers,
+                                    progress=progress)
     differences = collection_differences(info, chroma.describe(collection))
     return VerifyResult(
         collection=name, target=target, snapshot_id=snapshot.snapshot_id,
@@ -536,7 +569,7 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                               snapshot_id: int | None = None, at: datetime | None = None,
                               overwrite: bool = False, dry_run: bool = False, trigger: str = TRIGGER_CLI,
                               reason: str | None = None, tenant: str | None = None,
-                              database: str | None = None, batch_size: int = 0,
+                              database: str | None = None, batch_size: int = 0, read_workers: int = 1,
                               keep_replaced: bool = False, progress: Progress | None = None,
                               stop: threading.Event | None = None) -> RestoreResult:
     """Restore a snapshot of collection ``name`` into ``target`` on ``chroma``, verified.
@@ -582,7 +615,8 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                 differences += _index_differences(info.index_params, configured)
             if differences:
                 raise VerificationFailed("re-created collection differs from the snapshot: " + "; ".join(differences))
-            comparison, written = _fill_and_verify(chroma, db, snapshot, info, collection, batch_size, progress, stop)
+            comparison, written = _fill_and_verify(chroma, db, snapshot, info, collection, batch_size, read_workers,
+                                                   progress, stop)
             if exists:
                 created = False  # from here on the verified copy is never deleted
                 result.replaced_kept = _swap_into_place(chroma, db, restore_id, collection, target, keep_replaced)
@@ -613,7 +647,7 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
 
 
 def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info: CollectionInfo, collection: Any,
-                     batch_size: int, progress: Progress | None,
+                     batch_size: int, read_workers: int, progress: Progress | None,
                      stop: threading.Event | None) -> tuple[Comparison, int]:
     """Write the snapshot's records into ``collection`` and verify them as they land."""
     size = chroma.batch_size(batch_size)
@@ -623,7 +657,7 @@ def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info
     # busy streaming the snapshot.
     lookup_db = db.sibling() if info.space == "cosine" else None
     verifier = _ReadBackVerifier(chroma, collection, expected,
-                                 _stored_loader(lookup_db, snapshot) if lookup_db else None)
+                                 _stored_loader(lookup_db, snapshot) if lookup_db else None, read_workers)
     try:
         for batch in prefetch(db.records.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
             _check_stop(stop, "restore")

@@ -317,7 +317,8 @@ class Rounds(Stores):
             origin = (made["collection"], made["snapshot_id"])
         return export_collection_to_postgres(
             chroma, db, where.name, health=verdict.status, health_detail=verdict.detail, origin=origin,
-            batch_size=self.settings.batch_size, progress=progress, stop=self.stop)
+            batch_size=self.settings.batch_size, read_workers=self.settings.read_workers, progress=progress,
+            stop=self.stop)
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -383,7 +384,7 @@ class Rounds(Stores):
             verdict, recovery = check_and_recover(
                 lambda: self.check(where),
                 lambda v: recover_collection(self.chroma_for(where.database), self.db, v, target_name=s.target_name,
-                                             stop=self.stop, batch_size=s.batch_size),
+                                             stop=self.stop, batch_size=s.batch_size, read_workers=s.read_workers),
                 confirm_seconds=s.health_confirm_seconds, restore=restore, stop=self.stop)
         except Interrupted:
             raise
@@ -421,7 +422,8 @@ class Operations(Rounds):
         result = export_collection_to_postgres(self.chroma_for(where.database), self.db, where.name, health=OK,
                                                accepted=True,
                                                health_detail=f"size accepted by an operator (was {before.status})",
-                                               batch_size=self.settings.batch_size, stop=self.stop)
+                                               batch_size=self.settings.batch_size,
+                                               read_workers=self.settings.read_workers, stop=self.stop)
         log.info("accept collection=%s records=%d snapshot=%d previous_baseline=%s", self.label(where),
                  result.records, result.snapshot_id, before.snapshot_id)
         return AcceptResult(self.label(where), result.records, result.snapshot_id, before.snapshot_id, before.status)
@@ -460,7 +462,7 @@ class Operations(Rounds):
         result = import_postgres_to_chroma(
             chroma, self.db, where.name, target=target, snapshot_id=snapshot_id, at=at, overwrite=overwrite,
             dry_run=dry_run, trigger=TRIGGER_CLI, reason=reason, tenant=s.chroma_tenant, database=where.database,
-            batch_size=s.batch_size, progress=progress, stop=self.stop)
+            batch_size=s.batch_size, read_workers=s.read_workers, progress=progress, stop=self.stop)
         result.source = self.label(where)
         if not dry_run:
             log.info("restore collection=%s snapshot=%d target=%s records=%d verified=%s seconds=%.2f",
@@ -476,7 +478,7 @@ class Operations(Rounds):
             validate_collection_name(target, "--target")
         result = verify_collection(self.chroma_at(host, port, ssl, database=where.database), self.db, where.name,
                                    snapshot_id=snapshot_id, target=target, tenant=self.settings.chroma_tenant,
-                                   database=where.database)
+                                   database=where.database, read_workers=self.settings.read_workers)
         result.collection = self.label(where)
         log.info("verify collection=%s target=%s snapshot=%d identical=%s missing=%d extra=%d changed=%d",
                  result.collection, result.target, result.snapshot_id, result.identical, result.missing, result.extra,

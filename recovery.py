@@ -76,7 +76,7 @@ def _source_for_in_place(db: Database, chroma: ChromaStore, name: str, origin: d
 
 
 def recover_collection(chroma: ChromaStore, db: Database, verdict: HealthVerdict, *, target_name: Callable[[str], str],
-                       stop: threading.Event | None = None, batch_size: int = 0) -> Recovery:
+                       stop: threading.Event | None = None, batch_size: int = 0, read_workers: int = 1) -> Recovery:
     """Apply the recovery policy to a confirmed failing collection (see the module docstring)."""
     name = verdict.collection
     origin = origin_of(chroma, db, name)
@@ -93,7 +93,7 @@ def recover_collection(chroma: ChromaStore, db: Database, verdict: HealthVerdict
         replace = verdict.status != MISSING and chroma.exists(name)
         result = import_postgres_to_chroma(chroma, db, source, target=name, snapshot_id=snapshot.snapshot_id,
                                            overwrite=replace, keep_replaced=True, trigger=TRIGGER_AUTO, reason=reason,
-                                           database=snapshot.database, batch_size=batch_size, stop=stop)
+                                           database=snapshot.database, batch_size=batch_size, read_workers=read_workers, stop=stop)
         kept = f"; the broken collection is kept as {result.replaced_kept}" if result.replaced_kept else ""
         log.info("recovery collection=%s action=restored in_place=true source=%s snapshot=%d records=%d%s",
                  name, source, snapshot.snapshot_id, result.records, kept)
@@ -112,7 +112,7 @@ def recover_collection(chroma: ChromaStore, db: Database, verdict: HealthVerdict
         log.error("recovery collection=%s action=blocked %s", name, detail)
         return Recovery(name, BLOCKED, detail, target, snapshot.snapshot_id)
     result = import_postgres_to_chroma(chroma, db, name, target=target, snapshot_id=snapshot.snapshot_id,
-                                       trigger=TRIGGER_AUTO, reason=reason, batch_size=batch_size, stop=stop)
+                                       trigger=TRIGGER_AUTO, reason=reason, batch_size=batch_size, read_workers=read_workers, stop=stop)
     log.info("recovery collection=%s action=restored target=%s snapshot=%d records=%d verified=%s seconds=%.2f",
              name, target, snapshot.snapshot_id, result.records, result.verified, result.seconds)
     return Recovery(name, RESTORED, f"restored snapshot {snapshot.snapshot_id} into {target}", target,

@@ -162,13 +162,13 @@ def m_raw_read(port: int, page: int) -> dict:
     return {"seconds": time.perf_counter() - started, "records": total, "rss_mb": _peak_rss_mb()}
 
 
-def m_backup(port: int, database_url: str, table: str) -> dict:
+def m_backup(port: int, database_url: str, table: str, workers: int = 1) -> dict:
     from export_import import export_collection_to_postgres
 
     chroma, database = stores(port, database_url, table)
     before = database.retention.storage_bytes()
     started = time.perf_counter()
-    result = export_collection_to_postgres(chroma, database, COLLECTION)
+    result = export_collection_to_postgres(chroma, database, COLLECTION, read_workers=workers)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb(),
             "bytes_written": database.retention.storage_bytes() - before, "copy_bytes": result.bytes_written,
@@ -192,13 +192,13 @@ def m_raw_add(port: int, records: int, dim: int) -> dict:
     return {"seconds": seconds, "records": records, "rss_mb": _peak_rss_mb()}
 
 
-def m_restore(port: int, database_url: str, table: str) -> dict:
+def m_restore(port: int, database_url: str, table: str, workers: int = 1) -> dict:
     from export_import import import_postgres_to_chroma
 
     chroma, database = stores(port, database_url, table)
     target = "restored-" + uuid.uuid4().hex[:8]
     started = time.perf_counter()
-    result = import_postgres_to_chroma(chroma, database, COLLECTION, target=target)
+    result = import_postgres_to_chroma(chroma, database, COLLECTION, target=target, read_workers=workers)
     seconds = time.perf_counter() - started
     chroma.delete(target)
     return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb(), "verified": result.verified}
@@ -273,7 +273,7 @@ def baseline_rss(args, database_url: str, workdir: Path) -> dict:
     cache = cached_collection(args.cache_dir, args.baseline_records, args.dim)
     shutil.copytree(cache, workdir / "baseline")
     with Chroma(workdir / "baseline") as chroma:
-        runs = [isolated(m_backup, chroma.port, database_url, f"bench_{uuid.uuid4().hex[:8]}")
+        runs = [isolated(m_backup, chroma.port, database_url, f"bench_{uuid.uuid4().hex[:8]}", args.read_workers)
                 for _ in range(args.repeat)]
     return summarize(runs)
 
@@ -281,7 +281,7 @@ def baseline_rss(args, database_url: str, workdir: Path) -> dict:
 def run(args) -> dict:
     cache = cached_collection(args.cache_dir, args.records, args.dim)
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
-    results: dict = {"records": args.records, "dim": args.dim, "repeat": args.repeat,
+    results: dict = {"records": args.records, "dim": args.dim, "repeat": args.repeat, "read_workers": args.read_workers,
                      "machine": f"{os.cpu_count()} cores, {platform_line()}"}
     server = None
     try:
@@ -299,31 +299,32 @@ def run(args) -> dict:
 
             tables = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
             step("backup_full")
-            results["backup_full"] = summarize([isolated(m_backup, port, database_url, t) for t in tables])
+            results["backup_full"] = summarize([isolated(m_backup, port, database_url, t, args.read_workers)
+                                                for t in tables])
             step("backup_nochange")
-            results["backup_nochange"] = summarize([isolated(m_backup, port, database_url, tables[0])
+            results["backup_nochange"] = summarize([isolated(m_backup, port, database_url, tables[0], args.read_workers)
                                                     for _ in range(args.repeat)])
             step("backup_churn")
             churn_runs = []
             for i in range(args.repeat):
                 churn(port, args.records, args.dim, round_=i)
-                churn_runs.append(isolated(m_backup, port, database_url, tables[0]))
+                churn_runs.append(isolated(m_backup, port, database_url, tables[0], args.read_workers))
             results["backup_churn"] = summarize(churn_runs)
 
             step("raw_add")
             results["raw_add"] = summarize([isolated(m_raw_add, port, args.records, args.dim)
                                             for _ in range(args.repeat)])
             step("restore")
-            results["restore"] = summarize([isolated(m_restore, port, database_url, tables[0])
+            results["restore"] = summarize([isolated(m_restore, port, database_url, tables[0], args.read_workers)
                                             for _ in range(args.repeat)])
 
             step(f"storage ({args.storage_rounds} backups with 1% churn)")
             table = f"bench_{uuid.uuid4().hex[:8]}"
-            first = isolated(m_backup, port, database_url, table)
+            first = isolated(m_backup, port, database_url, table, args.read_workers)
             storage_1 = size_of(port, database_url, table)
             for i in range(args.storage_rounds - 1):
                 churn(port, args.records, args.dim, round_=100 + i)
-                isolated(m_backup, port, database_url, table)
+                isolated(m_backup, port, database_url, table, args.read_workers)
             storage_n = size_of(port, database_url, table)
             results["storage"] = {"storage_1_bytes": storage_1, f"storage_{args.storage_rounds}_bytes": storage_n,
                                   "rounds": args.storage_rounds, "first_backup_records": first["records"]}
@@ -408,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--storage-rounds", type=int, default=24, help="backups in the storage measurement")
+    parser.add_argument("--read-workers", type=int, default=2, help="READ_WORKERS for backups and restore verification")
     parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"),
                         help="PostgreSQL to use (default: TEST_DATABASE_URL, else an embedded pgserver)")
     parser.add_argument("--cache-dir", default=str(ROOT / "bench" / ".cache"))

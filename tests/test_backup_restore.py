@@ -442,3 +442,39 @@ def test_a_swap_that_cannot_even_move_the_old_one_back_names_both(stores, client
     names = chroma.list_collection_names()
     assert any(n.startswith(name + "-t-replaced-") for n in names)  # nothing was deleted
     assert any(n.startswith(name + "-t-restoring-") for n in names)
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_concurrent_readers_back_up_and_verify_exactly_what_one_reader_does(stores, client, name, workers):
+    chroma, db = stores
+    make_collection(client, name, 2600, dim=16)
+    backup = export_collection_to_postgres(chroma, db, name, batch_size=100, read_workers=workers)
+    expected = {f"r{i}" for i in range(2600)}
+    ref = db.catalog.collection_ref("default_tenant", "default_database", name)
+    assert set(db.records.record_digests(ref, backup.snapshot_id)) == expected
+    again = export_collection_to_postgres(chroma, db, name, batch_size=100, read_workers=5 - workers)
+    assert (again.digest, again.added, again.updated, again.deleted) == (backup.digest, 0, 0, 0)
+    assert verify_collection(chroma, db, name, read_workers=workers).identical
+    result = import_postgres_to_chroma(chroma, db, name, target=name + "-copy", read_workers=workers)
+    assert result.verified and result.records == 2600
+
+
+def test_a_stop_during_a_concurrent_read_ends_the_backup_within_a_batch(stores, client, name):
+    import threading
+
+    from errors import Interrupted
+
+    chroma, db = stores
+    make_collection(client, name, 3000, dim=8)
+    stop = threading.Event()
+    seen = []
+
+    def progress(n):
+        seen.append(n)
+        if len(seen) == 3:
+            stop.set()
+
+    with pytest.raises(Interrupted):
+        export_collection_to_postgres(chroma, db, name, batch_size=100, read_workers=3, progress=progress, stop=stop)
+    assert len(seen) == 3  # the next batch saw the stop
+    assert [s.status for s in db.catalog.list_snapshots("default_tenant", "default_database", name)] == ["failed"]
