@@ -204,31 +204,13 @@ class ChromaStore:
     def connect(cls, settings: Settings, *, host: str | None = None, port: int | None = None,
                 ssl: bool | None = None, timeout: float | None = None,
                 database: str | None = None) -> "ChromaStore":
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        host = host or settings.chromadb_host
-        port = port or settings.chromadb_port
+        host, port = host or settings.chromadb_host, port or settings.chromadb_port
         ssl = settings.chromadb_use_ssl if ssl is None else ssl
         database = database or settings.chroma_database
-        headers = _auth_headers(settings)
-        address = f"{'https' if ssl else 'http'}://{host}:{port}"
         timeout = timeout or settings.chroma_timeout_seconds
-        try:
-            with _translated(f"connecting to {address}"):
-                client = chromadb.HttpClient(
-                    host=host, port=port, ssl=ssl, headers=headers,
-                    settings=ChromaSettings(anonymized_telemetry=False),
-                    tenant=settings.chroma_tenant, database=database,
-                )
-                # chromadb's HTTP session has no timeout at all; a hung server would hang us.
-                session = client._server._session
-                session.timeout = httpx.Timeout(timeout)
-                session.event_hooks["response"].append(_raise_unavailable)
-                version = client.get_version()
-        except ValueError as error:  # chromadb's "Could not connect to a Chroma server"
-            raise ChromaUnavailable(f"Chroma unreachable at {address}: {first_line(error)}") from error
-        return cls(client, settings.chroma_tenant, database, address, str(version), timeout,
+        address = f"{'https' if ssl else 'http'}://{host}:{port}"
+        client, version = _http_client(settings, host, port, ssl, database, timeout, address)
+        return cls(client, settings.chroma_tenant, database, address, version, timeout,
                    _reconnect=lambda: cls.connect(settings, host=host, port=port, ssl=ssl, timeout=timeout,
                                                   database=database))
 
@@ -414,6 +396,28 @@ class ChromaStore:
         """Which of ``ids`` exist (no content read)."""
         with _translated(f"looking up ids in {collection.name!r}"):
             return list(collection.get(ids=ids, include=[])["ids"])
+
+
+def _http_client(settings: Settings, host: str, port: int, ssl: bool, database: str, timeout: float,
+                 address: str) -> tuple[Any, str]:
+    """A chromadb HttpClient with a request timeout and transient-status hook, and the server's
+    version."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    try:
+        with _translated(f"connecting to {address}"):
+            client = chromadb.HttpClient(
+                host=host, port=port, ssl=ssl, headers=_auth_headers(settings),
+                settings=ChromaSettings(anonymized_telemetry=False), tenant=settings.chroma_tenant, database=database,
+            )
+            # chromadb's HTTP session has no timeout at all; a hung server would hang us.
+            session = client._server._session
+            session.timeout = httpx.Timeout(timeout)
+            session.event_hooks["response"].append(_raise_unavailable)
+            return client, str(client.get_version())
+    except ValueError as error:  # chromadb's "Could not connect to a Chroma server"
+        raise ChromaUnavailable(f"Chroma unreachable at {address}: {first_line(error)}") from error
 
 
 def _auth_headers(settings: Settings) -> dict[str, str]:
