@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from config import Settings
 from errors import (BackupError, CollectionBusy, CollectionExists, CollectionNotFound, ConfigError,
                     SnapshotNotFound, UsageError, first_line)
-from jobs import Operations
+from jobs import Operations, Where
 from metrics import Metrics
 from tasks import TaskRunner
 
@@ -196,13 +196,15 @@ def create_app(settings: Settings, reader: Operations, tasks: TaskRunner, metric
     def restore(body: RestoreRequest) -> TaskAccepted:
         if body.snapshot is not None and body.at is not None:
             raise ApiError(400, "give snapshot or at, not both")
-        where = read(lambda ops: ops.resolve(body.collection, "collection"))
-        label = read(lambda ops: ops.label(where))
-        target = body.target or settings.target_name(where.name)
-        _refuse_busy([label, read(lambda ops: ops.label(type(where)(where.database, target)))])
-        if not body.dry_run:
-            read(lambda ops: ops.check_not_busy(where, target))
-        records = read(lambda ops: ops.snapshot_records(where, body.snapshot))
+        def plan(ops: Operations) -> tuple[str, int]:
+            where = ops.resolve(body.collection, "collection")
+            target = body.target or settings.target_name(where.name)
+            _refuse_busy([ops.label(where), ops.label(Where(where.database, target))])
+            if not body.dry_run:
+                ops.check_not_busy(where, target)
+            return ops.label(where), ops.snapshot_records(where, body.snapshot)
+
+        label, records = read(plan)
 
         def run(ops: Operations, task: Any) -> Any:
             task.records_total = records

@@ -75,3 +75,8 @@ def first_line(error: BaseException) -> str:
 class SwapFailed(BackupError):
     """An overwrite could not put the verified copy in place; the message says which collection
     holds the target's name."""
+
+
+def unexpected(error: BaseException) -> str:
+    """One line for an error that is not ours (a bug or a library surprise) at a job boundary."""
+    return f"unexpected {type(error).__name__}: {first_line(error)}"

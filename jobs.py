@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 from config import Settings, validate_collection_name
 from errors import (BackupError, ChromaUnavailable, CollectionBusy, CollectionNotFound, Interrupted, UsageError,
-                    VerificationFailed, first_line)
+                    VerificationFailed, unexpected)
 from states import COMPLETE, FAILED, MISSING, OK, RECOVERED, RESTORED, SHRUNK, TRIGGER_CLI, UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ class Rounds(Stores):
         except Exception as error:  # the collection's boundary: the round goes on
             log.debug("backup collection=%s unexpected error", label, exc_info=True)
             result = BackupResult(collection=label, status=FAILED,
-                                  error=f"unexpected {type(error).__name__}: {first_line(error)}")
+                                  error=unexpected(error))
         finally:
             if bar is not None:
                 bar.close()
@@ -390,7 +390,7 @@ class Rounds(Stores):
             raise
         except Exception as error:  # the collection's boundary: the round goes on
             log.debug("health collection=%s unexpected error", where.name, exc_info=True)
-            message = error if isinstance(error, BackupError) else f"unexpected {type(error).__name__}: {first_line(error)}"
+            message = error if isinstance(error, BackupError) else unexpected(error)
             verdict = HealthVerdict(where.name, FAILED, f"health check failed: {message}", None, None, None, _now(), 0.0)
             recovery = None
         return HealthReport(verdict, recovery)

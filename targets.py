@@ -27,20 +27,23 @@ def selected_collections(settings: Settings, chroma: Any, db: Any, requested: li
         return Selection(list(dict.fromkeys(requested)))
     if not settings.all_collections:
         return Selection(list(settings.collections))
-    work = db.restores.work_names(chroma.tenant, chroma.database, chroma.address)
-    live = chroma.list_collection_names()
-    return Selection([n for n in live if n not in work],
-                     {n: "a restore's working collection (being built, or a replaced target kept aside)"
-                      for n in live if n in work})
+    return _every(chroma, db, with_backups=False)
 
 
 def health_targets(settings: Settings, chroma: Any, db: Any, requested: list[str] | None) -> Selection:
     """Collections to check: as ``selected_collections``, and with ``*`` also every collection that
     has backups (a deleted collection no longer shows up in Chroma's list)."""
-    selection = selected_collections(settings, chroma, db, requested)
     if requested or not settings.all_collections:
-        return selection
-    backed_up = db.catalog.collection_names(chroma.tenant, chroma.database)
+        return selected_collections(settings, chroma, db, requested)
+    return _every(chroma, db, with_backups=True)
+
+
+def _every(chroma: Any, db: Any, *, with_backups: bool) -> Selection:
+    """Every collection of the database (and, ``with_backups``, every one the catalog has),
+    less the restores' working collections."""
     work = db.restores.work_names(chroma.tenant, chroma.database, chroma.address)
-    selection.names = list(dict.fromkeys(selection.names + [n for n in backed_up if n not in work]))
-    return selection
+    live = chroma.list_collection_names()
+    names = live + (db.catalog.collection_names(chroma.tenant, chroma.database) if with_backups else [])
+    return Selection([n for n in dict.fromkeys(names) if n not in work],
+                     {n: "a restore's working collection (being built, or a replaced target kept aside)"
+                      for n in live if n in work})

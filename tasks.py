@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from errors import BackupError, first_line
+from errors import BackupError, unexpected
 from jobs import Backend, Operations
 from states import COMPLETE, FAILED, RUNNING
 
@@ -109,6 +109,6 @@ class TaskRunner:
             task.state, task.error = FAILED, str(error)
         except Exception as error:  # the task's boundary: the worker goes on
             log.debug("task id=%s unexpected error", task.task_id, exc_info=True)
-            task.state, task.error = FAILED, f"unexpected {type(error).__name__}: {first_line(error)}"
+            task.state, task.error = FAILED, unexpected(error)
         task.finished_at = _now()
         log.info("task id=%s kind=%s state=%s error=%s", task.task_id, task.kind, task.state, task.error)

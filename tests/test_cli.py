@@ -13,7 +13,7 @@ import pytest
 
 from conftest import make_collection, run_cli
 
-COMMANDS = ["run", "backup", "snapshots", "restore", "verify", "health", "prune", "demo"]
+COMMANDS = ["run", "backup", "snapshots", "restore", "verify", "health", "accept", "prune", "demo"]
 
 
 def test_help_lists_every_command(tmp_path):
