@@ -11,7 +11,9 @@ The default embedding function is never attached: collections are always opened 
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -21,6 +23,7 @@ import numpy as np
 
 from config import Settings
 from errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, first_line
+from idstream import IdStreamParser, MalformedListing
 from records import RecordBatch, to_float32
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,6 @@ _NOT_FOUND_ERRORS = {"InvalidCollection", "NotFoundError"}
 
 
 def _error_name(body: str) -> str | None:
-    import json
-
     try:
         data = json.loads(body.split(" (trace ID:")[0])
     except ValueError:
@@ -329,9 +330,32 @@ class ChromaStore:
             return int(collection.count())
 
     def list_ids(self, collection: Any) -> list[str]:
-        """Every id, cheaply (no content): the consistent enumeration a backup pages over."""
-        with _translated(f"listing ids of {collection.name!r}"):
-            return list(collection.get(include=[])["ids"])
+        """Every id as one list (small collections and tests; backups stream ``iter_ids``)."""
+        return [record_id for page in self.iter_ids(collection) for record_id in page]
+
+    def iter_ids(self, collection: Any) -> Iterator[list[str]]:
+        """Every id of the collection from one ``get(include=[])`` request (the consistent
+        enumeration a backup reads by), parsed as the response arrives and handed out as it
+        completes: memory stays flat however large the collection (``idstream``)."""
+        server = self.client._server
+        path = f"/tenants/{self.tenant}/databases/{self.database}/collections/{collection.id}/get"
+        body = json.dumps({"ids": None, "where": None, "limit": None, "offset": None, "where_document": None,
+                           "include": []})
+        parser = IdStreamParser()
+        what = f"listing ids of {collection.name!r}"
+        with _translated(what), server._session.stream(
+                "POST", server._api_url + urllib.parse.quote(path, safe="/"), content=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                server._raise_chroma_error(response)
+            try:
+                for text in response.iter_text():
+                    ids = parser.feed(text)
+                    if ids:
+                        yield ids
+                parser.close()
+            except MalformedListing as error:
+                raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
 
     def fetch(self, collection: Any, ids: list[str]) -> RecordBatch:
         """The full records for ``ids`` (missing ids are skipped; order is the server's)."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from chroma import ChromaStore, CollectionInfo
-from db import Database, Snapshot
+from db import Chunk, Database, IdListing, Snapshot
 from errors import (BackupError, CollectionBusy, CollectionExists, Interrupted,
                     SnapshotNotFound, SwapFailed, VerificationFailed, first_line)
 from states import COMPLETE, FAILED, TRIGGER_CLI
@@ -100,39 +100,41 @@ def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
         thread.join()
 
 
-def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
+def _chunks(pairs: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    for start in range(0, len(pairs), size):
+        yield pairs[start:start + size]
 
 
-def read_batches(chroma: ChromaStore, collection: Any, ids: list[str], size: int,
-                 workers: int = 1) -> Iterator[RecordBatch]:
-    """The records of ``ids`` in batches of ``size``, in order, read ahead by ``workers``
-    concurrent clients (one each; at most ``workers`` + 1 batches in memory).  One worker reads
-    ahead in a single background thread."""
-    chunks = _batches(ids, size)
-    if workers <= 1:
-        yield from prefetch(chroma.fetch(collection, chunk) for chunk in chunks)
-        return
+def read_batches(chroma: ChromaStore, collection: Any, chunks: Iterable[Chunk],
+                 workers: int = 1) -> Iterator[tuple[Chunk, RecordBatch]]:
+    """Each chunk of (id, expected digest) with its records as read from Chroma (ids gone
+    meanwhile are absent from the batch), in order, read ahead by ``workers`` concurrent clients
+    (one each).  The chunks are drawn in the caller's thread (they may come from the caller's
+    database cursor); at most ``workers`` + 1 batches are in memory."""
     local = threading.local()
 
-    def fetch(chunk: list[str]) -> RecordBatch:
+    def fetch(chunk: Chunk) -> RecordBatch:
+        ids = [record_id for record_id, _ in chunk]
+        if workers <= 1:
+            return chroma.fetch(collection, ids)
         if not hasattr(local, "store"):
             local.store = chroma.clone()
             local.collection = local.store.open(collection.name)
-        return local.store.fetch(local.collection, chunk)
+        return local.store.fetch(local.collection, ids)
 
     pending: deque = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="chroma-read") as pool:
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chroma-read") as pool:
         try:
             for chunk in chunks:
-                pending.append(pool.submit(fetch, chunk))
-                if len(pending) > workers:
-                    yield pending.popleft().result()
+                pending.append((chunk, pool.submit(fetch, chunk)))
+                if len(pending) > max(1, workers):
+                    done, future = pending.popleft()
+                    yield done, future.result()
             while pending:
-                yield pending.popleft().result()
+                done, future = pending.popleft()
+                yield done, future.result()
         finally:
-            for future in pending:  # the consumer stopped early: drop what is not running yet
+            for _, future in pending:  # the consumer stopped early: drop what is not running yet
                 future.cancel()
 
 
@@ -184,28 +186,30 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
         db.catalog.fail_stale_runs(ref)
         snapshot_id = db.catalog.begin_snapshot(ref, health=health, health_detail=health_detail, accepted=accepted,
                                         origin=origin)
-        step = "reading the previous snapshot"
+        step = "listing ids"
         # The stored versions are looked up on a connection of their own: this one holds the
         # snapshot's transaction (and sees the previous snapshot as it was).
         lookup_db = db.sibling() if info.space == "cosine" else None
         try:
-            previous = db.records.record_digests(ref)
-            step = "listing ids"
-            ids = chroma.list_ids(collection)
             size = chroma.read_batch_size(batch_size)
             content = ContentDigest()
             added = updated = 0
             dimension: int | None = None
-            step = "copying records"
             with db.records.snapshot_writer(ref, snapshot_id) as writer:
-                for batch in read_batches(chroma, collection, ids, size, read_workers):
+                # The per-record bookkeeping (which ids were listed, their stored digests, what
+                # was deleted) stays in PostgreSQL: memory does not grow with the collection.
+                listing = writer.listing
+                listing.load(chroma.iter_ids(collection))
+                step = "copying records"
+                for chunk, batch in read_batches(chroma, collection, listing.chunks(size), read_workers):
                     _check_stop(stop, "backup")
                     if len(batch) and dimension is None:
                         dimension = int(batch.embeddings.shape[1])
+                    stored = dict(chunk)
                     new_rows, changed = [], {}
                     for row in batch_rows(batch):
                         record_id, digest = row[0], row[5]
-                        before = previous.pop(record_id, None)
+                        before = stored.pop(record_id, None)
                         if before is None:
                             added += 1
                             new_rows.append(row)
@@ -214,10 +218,11 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                             changed[record_id] = (row, before)
                         else:
                             content.add(digest)
+                    listing.forget(list(stored))  # listed, but deleted before they were read
                     rounded = set()
                     if changed and lookup_db is not None:
-                        stored = lookup_db.records.iter_snapshot_records(ref, None, len(changed), list(changed))
-                        rounded = _rounded_only({rid: row for rid, (row, _) in changed.items()}, stored,
+                        previous = lookup_db.records.iter_snapshot_records(ref, None, len(changed), list(changed))
+                        rounded = _rounded_only({rid: row for rid, (row, _) in changed.items()}, previous,
                                                 COSINE_ULP_TOLERANCE)
                     for record_id, (row, before) in changed.items():
                         if record_id in rounded:
@@ -230,7 +235,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                     writer.insert_versions(new_rows)
                     progress(len(batch))
                 # Whatever the previous snapshot had and the listing no longer returns is deleted.
-                deleted = writer.close_versions(previous.keys())
+                deleted = listing.close_unlisted(snapshot_id, ref)
                 step = "committing"
                 writer.complete(
                     records=content.count, added=added, updated=updated, deleted=deleted,
@@ -261,19 +266,34 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
 
 # -- verify -------------------------------------------------------------------------------------
 
+def _no_examples() -> dict[str, list[str]]:
+    return {"missing": [], "extra": [], "changed": []}
+
+
 @dataclass
 class Comparison:
-    expected: int
-    live: int
-    missing: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
+    """Counts of what differs, with the first ``EXAMPLES`` ids of each kind (never every id)."""
+
+    expected: int = 0
+    live: int = 0
+    missing: int = 0
+    extra: int = 0
+    changed: int = 0
     rounded: int = 0  # cosine space: embeddings within COSINE_ULP_TOLERANCE, all else identical
+    examples: dict[str, list[str]] = field(default_factory=_no_examples)
     content_digest: str = ""
 
     @property
     def identical(self) -> bool:
         return not (self.missing or self.extra or self.changed)
+
+    def note(self, kind: str, record_ids: list[str], count: int | None = None) -> None:
+        """Count ``count`` (default: as many as ``record_ids``) differences of ``kind``, keeping
+        the first examples."""
+        setattr(self, kind, getattr(self, kind) + (len(record_ids) if count is None else count))
+        room = EXAMPLES - len(self.examples[kind])
+        if room > 0:
+            self.examples[kind].extend(record_ids[:room])
 
 
 # Chroma 1.5.9 rewrites every vector it stores in a cosine collection (measured here: up to 1 unit
@@ -301,71 +321,75 @@ def _rounded_only(live_rows: dict[str, tuple], stored: Iterable[RecordBatch], ul
     return rounded
 
 
-def _compare_batch(batch: RecordBatch, remaining: dict[str, bytes], result: Comparison, content: ContentDigest,
-                   load_stored: StoredLoader | None) -> None:
-    """Check one batch of live records against the expected digests (consumed from ``remaining``);
-    with ``load_stored`` (cosine space), digest mismatches that are only re-rounded vectors count
-    as ``rounded``."""
+def _compare_batch(chunk: Chunk, batch: RecordBatch, result: Comparison, content: ContentDigest,
+                   load_stored: StoredLoader | None) -> list[str]:
+    """Check one batch of live records against the digests expected for its chunk; with
+    ``load_stored`` (cosine space), digest mismatches that are only re-rounded vectors count as
+    ``rounded``.  Returns the chunk's ids that the batch lacks (gone when read)."""
+    expected = dict(chunk)
     suspects: dict[str, tuple] = {}
     for row in batch_rows(batch):
         record_id, digest = row[0], row[5]
         content.add(digest)
-        if remaining.pop(record_id, None) != digest:
+        if expected.pop(record_id, None) != digest:
             suspects[record_id] = row
     if suspects and load_stored is not None:
         rounded = _rounded_only(suspects, load_stored(list(suspects)), COSINE_ULP_TOLERANCE)
         result.rounded += len(rounded)
-        result.changed.extend(rid for rid in suspects if rid not in rounded)
+        result.note("changed", [rid for rid in suspects if rid not in rounded])
     else:
-        result.changed.extend(suspects)
+        result.note("changed", list(suspects))
+    return list(expected)
 
 
-def compare_collection(chroma: ChromaStore, collection: Any, expected: dict[str, bytes], *,
+def _known(chunks: Iterable[Chunk], result: Comparison) -> Iterator[Chunk]:
+    """The listed ids that the snapshot has (the others are counted as extra, never read)."""
+    for chunk in chunks:
+        result.note("extra", [rid for rid, digest in chunk if digest is None])
+        known = [(rid, digest) for rid, digest in chunk if digest is not None]
+        if known:
+            yield known
+
+
+def compare_collection(chroma: ChromaStore, collection: Any, listing: IdListing, *,
                        space: str = "l2", load_stored: StoredLoader | None = None, batch_size: int = 0,
                        read_workers: int = 1, progress: Progress | None = None,
                        stop: threading.Event | None = None) -> Comparison:
-    """Record-by-record comparison of a live collection with expected digests.
+    """Record-by-record comparison of a live collection with the stored versions ``listing``
+    stands for.  The ids are listed into PostgreSQL and read back joined with their stored
+    digests, so memory stays flat whatever the collection's size.
 
     In a cosine collection, records whose digest differs are looked up with ``load_stored`` and
     count as ``rounded`` (not ``changed``) when only their embeddings differ, by at most
     ``COSINE_ULP_TOLERANCE`` units in the last place.
     """
     progress = progress or _no_progress
-    live_ids = chroma.list_ids(collection)
-    remaining = dict(expected)
-    result = Comparison(expected=len(expected), live=len(live_ids))
-    known = []
-    for record_id in live_ids:
-        if record_id in remaining:
-            known.append(record_id)
-        else:
-            result.extra.append(record_id)
+    result = Comparison(live=listing.load(chroma.iter_ids(collection)), expected=listing.stored_count())
     content = ContentDigest()
     size = chroma.read_batch_size(batch_size)
     loader = load_stored if space == "cosine" else None
-    for batch in read_batches(chroma, collection, known, size, read_workers):
+    for chunk, batch in read_batches(chroma, collection, _known(listing.chunks(size), result), read_workers):
         _check_stop(stop, "verify")
-        _compare_batch(batch, remaining, result, content, loader)
+        listing.forget(_compare_batch(chunk, batch, result, content, loader))
         progress(len(batch))
-    result.missing = list(remaining)
+    missing, examples = listing.unlisted(EXAMPLES)
+    result.note("missing", examples, missing)
     result.content_digest = content.hexdigest()
     return result
 
 
 class _ReadBackVerifier:
-    """Verifies a restore while it is written: each added batch is read back and compared in a
-    thread of its own while the next batch is being added; ``finish`` then lists the collection's
-    ids to catch missing and extra records."""
+    """Verifies a restore while it is written: each added batch is read back and compared with the
+    digests stored for it, in a thread of its own while the next batch is being added; ``finish``
+    then counts the collection to catch records nobody wrote.  Holds no per-record state."""
 
-    def __init__(self, chroma: ChromaStore, collection: Any, expected: dict[str, bytes],
-                 load_stored: StoredLoader | None, read_workers: int = 1):
+    def __init__(self, chroma: ChromaStore, collection: Any, load_stored: StoredLoader | None,
+                 read_workers: int = 1):
         self.chroma = chroma
         self.read_workers = read_workers
         self.collection = collection
-        self.remaining = dict(expected)
-        self.expected_ids = expected.keys()
         self.load_stored = load_stored
-        self.result = Comparison(expected=len(expected), live=0)
+        self.result = Comparison()
         self.content = ContentDigest()
         self.pending: queue.Queue = queue.Queue(maxsize=2)
         self.failure: BaseException | None = None
@@ -375,19 +399,22 @@ class _ReadBackVerifier:
     def _run(self) -> None:
         size = self.chroma.read_batch_size()
         while True:
-            ids = self.pending.get()
-            if ids is None:
+            chunk = self.pending.get()
+            if chunk is None:
                 return
             if self.failure is not None:
                 continue  # keep draining so submit() never blocks
             try:
-                for batch in read_batches(self.chroma, self.collection, ids, size, self.read_workers):
-                    _compare_batch(batch, self.remaining, self.result, self.content, self.load_stored)
+                for part, batch in read_batches(self.chroma, self.collection, _chunks(chunk, size), self.read_workers):
+                    self.result.note("missing", _compare_batch(part, batch, self.result, self.content,
+                                                               self.load_stored))
             except BaseException as error:  # handed to finish()
                 self.failure = error
 
-    def submit(self, ids: list[str]) -> None:
-        self.pending.put(list(ids))
+    def submit(self, batch: RecordBatch) -> None:
+        """Read back ``batch`` (as read from PostgreSQL, with its stored digests)."""
+        self.result.expected += len(batch)
+        self.pending.put(list(zip(batch.ids, batch.digests or [])))
 
     def close(self) -> None:
         if self.thread.is_alive():
@@ -398,12 +425,11 @@ class _ReadBackVerifier:
         self.close()
         if self.failure is not None:
             raise self.failure
-        live_ids = self.chroma.list_ids(self.collection)
-        self.result.live = len(live_ids)
-        self.result.extra = [rid for rid in live_ids if rid not in self.expected_ids]
-        self.result.missing = list(self.remaining)
-        self.result.content_digest = self.content.hexdigest()
-        return self.result
+        result = self.result
+        result.live = self.chroma.count(self.collection)
+        result.extra = max(0, result.live - (result.expected - result.missing))
+        result.content_digest = self.content.hexdigest()
+        return result
 
 
 def _index_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
@@ -517,19 +543,24 @@ def verify_collection(chroma: ChromaStore, db: Database, name: str, *, snapshot_
     snapshot = resolve_snapshot(db, tenant, database, name, snapshot_id=snapshot_id)
     target = target or name
     collection = chroma.open(target)
-    expected = db.records.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
     info = snapshot_info(snapshot)
-    comparison = compare_collection(chroma, collection, expected, space=info.space,
-                                    load_stored=_stored_loader(db, snapshot), read_workers=read_workers,
-                                    progress=progress)
+    # Cosine lookups go through a connection of their own: this one holds the listing.
+    lookup_db = db.sibling() if info.space == "cosine" else None
+    try:
+        with db.records.listing(snapshot.collection_ref, snapshot.snapshot_id) as listing:
+            comparison = compare_collection(chroma, collection, listing, space=info.space,
+                                            load_stored=_stored_loader(lookup_db, snapshot) if lookup_db else None,
+                                            read_workers=read_workers, progress=progress)
+    finally:
+        if lookup_db is not None:
+            lookup_db.close()
     differences = collection_differences(info, chroma.describe(collection))
     return VerifyResult(
         collection=name, target=target, snapshot_id=snapshot.snapshot_id,
         identical=comparison.identical and not differences,
         expected_records=comparison.expected, live_records=comparison.live,
-        missing=len(comparison.missing), extra=len(comparison.extra), changed=len(comparison.changed),
-        rounded=comparison.rounded, examples={"missing": comparison.missing[:EXAMPLES], "extra": comparison.extra[:EXAMPLES],
-                  "changed": comparison.changed[:EXAMPLES]},
+        missing=comparison.missing, extra=comparison.extra, changed=comparison.changed,
+        rounded=comparison.rounded, examples=comparison.examples,
         space=info.space, index_differences=differences, seconds=time.monotonic() - started,
     )
 
@@ -652,17 +683,16 @@ def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info
     """Write the snapshot's records into ``collection`` and verify them as they land."""
     size = chroma.batch_size(batch_size)
     written = 0
-    expected = db.records.record_digests(snapshot.collection_ref, snapshot.snapshot_id)
     # The verifier looks up stored records (cosine space) on a connection of its own: this one is
     # busy streaming the snapshot.
     lookup_db = db.sibling() if info.space == "cosine" else None
-    verifier = _ReadBackVerifier(chroma, collection, expected,
-                                 _stored_loader(lookup_db, snapshot) if lookup_db else None, read_workers)
+    verifier = _ReadBackVerifier(chroma, collection, _stored_loader(lookup_db, snapshot) if lookup_db else None,
+                                 read_workers)
     try:
         for batch in prefetch(db.records.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
             _check_stop(stop, "restore")
             chroma.add(collection, batch)
-            verifier.submit(batch.ids)
+            verifier.submit(batch)
             written += len(batch)
             (progress or _no_progress)(len(batch))
         comparison = verifier.finish()
@@ -674,8 +704,7 @@ def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info
     if not comparison.identical or (exact and comparison.content_digest != snapshot.digest):
         raise VerificationFailed(
             f"restored collection does not match snapshot {snapshot.snapshot_id}: "
-            f"missing={len(comparison.missing)} extra={len(comparison.extra)} "
-            f"changed={len(comparison.changed)}"
+            f"missing={comparison.missing} extra={comparison.extra} changed={comparison.changed}"
         )
     return comparison, written
 

@@ -30,6 +30,7 @@ class RecordBatch:
     documents: list[str | None]
     metadatas: list[dict[str, Any] | None]
     uris: list[str | None]
+    digests: list[bytes] | None = None  # as stored (batches read from PostgreSQL)
 
     def __len__(self) -> int:
         return len(self.ids)

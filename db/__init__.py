@@ -8,7 +8,8 @@ the server or the connection is gone) or ``BackupError``.  Identifiers go throug
 job; callers name the part they use:
 
 - ``catalog``: collections and snapshots (``db/catalog.py``)
-- ``records``: record versions, digests, COPY (``db/records.py``)
+- ``records``: record versions, digests, COPY (``db/records.py``), and the id listings that backup
+  and verify compare with them (``db/listing.py``)
 - ``restores``: the restore log and which collections restores created (``db/restores.py``)
 - ``verdicts``: the health history (``db/verdicts.py``)
 - ``retention``: prune plans and prunes (``db/retention.py``)
@@ -22,6 +23,7 @@ from typing import Any
 
 from config import Settings
 from db.catalog import Catalog, Snapshot
+from db.listing import Chunk, IdListing
 from db.locks import Locks
 from db.records import RecordStore, SnapshotWriter
 from db.restores import RestoreLog
@@ -30,7 +32,7 @@ from db.schema import Schema
 from db.session import EmbeddedPostgres, Session, Tables, connection_kwargs, translate_error
 from db.verdicts import HealthLog
 
-__all__ = ["Database", "EmbeddedPostgres", "Snapshot", "SnapshotWriter", "Tables", "connection_kwargs",
+__all__ = ["Chunk", "Database", "EmbeddedPostgres", "IdListing", "Snapshot", "SnapshotWriter", "Tables", "connection_kwargs",
            "translate_error"]
 
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from db.listing import IdListing
 from db.session import Part, Session, _copy_text, _jsonb, _translated
 from errors import BackupError
 from records import RecordBatch, decode_metadata
@@ -39,7 +40,7 @@ class RecordStore(Part):
             visible += " AND record_id = ANY(%s)"
             params = (*params, list(record_ids))
         query = self.tables.fmt(
-            "SELECT record_id, embedding, document IS NULL, document, metadata, uri IS NULL, uri "
+            "SELECT record_id, embedding, document IS NULL, document, metadata, uri IS NULL, uri, encode(digest, 'hex') "
             "FROM {t} WHERE collection_ref = %s AND " + visible
         )
         ids: list[str] = []
@@ -47,22 +48,25 @@ class RecordStore(Part):
         documents: list[str | None] = []
         metadatas: list[dict | None] = []
         uris: list[str | None] = []
+        digests: list[bytes] = []
 
         def flush() -> RecordBatch:
             blob = b"".join(vectors)
             matrix = np.frombuffer(blob, dtype="<f4").reshape(len(ids), -1) if ids else np.zeros((0, 0), "<f4")
-            return RecordBatch(list(ids), matrix, list(documents), list(metadatas), list(uris))
+            return RecordBatch(list(ids), matrix, list(documents), list(metadatas), list(uris), list(digests))
 
-        for rid, emb, doc_null, doc, meta, uri_null, uri in self.session.copy_out(
+        for rid, emb, doc_null, doc, meta, uri_null, uri, digest in self.session.copy_out(
                 query, (collection_ref, *params), "reading snapshot records"):
             ids.append(rid)
             vectors.append(bytes.fromhex(emb[2:]))  # bytea hex output: \x....
             documents.append(None if doc_null == "t" else doc)
             metadatas.append(decode_metadata(meta))
             uris.append(None if uri_null == "t" else uri)
+            digests.append(bytes.fromhex(digest))
             if len(ids) >= batch_size:
                 yield flush()
-                ids.clear(), vectors.clear(), documents.clear(), metadatas.clear(), uris.clear()
+                for column in (ids, vectors, documents, metadatas, uris, digests):
+                    column.clear()
         if ids:
             yield flush()
 
@@ -83,6 +87,14 @@ class RecordStore(Part):
         finally:
             if not conn.closed:
                 conn.autocommit = False
+
+    @contextmanager
+    def listing(self, collection_ref: int, snapshot_id: int) -> Iterator[IdListing]:
+        """A live collection's id listing against a snapshot's versions, in a transaction of its
+        own that leaves nothing behind (verify)."""
+        visible, params = self._visible(snapshot_id)
+        with self.transaction("comparing the listing with the snapshot", commit=False) as cur:
+            yield IdListing(self.session, cur, collection_ref, visible, params)
 
     @contextmanager
     def snapshot_writer(self, collection_ref: int, snapshot_id: int) -> Iterator["SnapshotWriter"]:
@@ -108,6 +120,7 @@ class SnapshotWriter:
         self.collection_ref = collection_ref
         self.snapshot_id = snapshot_id
         self.bytes_written = 0
+        self.listing = IdListing(session, cur, collection_ref, "valid_to IS NULL", ())  # against the current versions
 
     def close_versions(self, record_ids: Iterable[str]) -> int:
         """End the current version of these records (updated or deleted as of this snapshot)."""

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import make_collection
 from errors import CollectionBusy, CollectionExists, CollectionNotFound, SnapshotNotFound, VerificationFailed
+from records import RecordBatch
 from export_import import (export_collection_to_postgres, import_postgres_to_chroma, prune_snapshots,
                            verify_collection)
 
@@ -352,6 +353,60 @@ def test_restore_verification_catches_a_silently_changed_record(stores, client, 
         import_postgres_to_chroma(CorruptingAdds(chroma), db, name, target=name + "-t", batch_size=100)
     assert name + "-t" not in chroma.list_collection_names()
     assert not [c for c in chroma.list_collection_names() if "-restoring-" in c]
+
+
+class SkewedAdds(FailingAdds):
+    """Drops one record of the first batch, or writes one record nobody asked for: the two ways a
+    restore's record count can go wrong."""
+
+    def __init__(self, inner, mode):
+        super().__init__(inner)
+        self.mode = mode
+
+    def add(self, collection, batch):
+        if self.adds == 0 and len(batch) > 1:
+            if self.mode == "drop":
+                batch = RecordBatch(batch.ids[1:], batch.embeddings[1:], batch.documents[1:], batch.metadatas[1:],
+                                    batch.uris[1:], (batch.digests or [])[1:])
+            else:
+                self._inner.add(collection, RecordBatch(["stowaway"], batch.embeddings[:1], [None], [None], [None]))
+        self.adds += 1
+        return self._inner.add(collection, batch)
+
+
+@pytest.mark.parametrize("mode, counts", [("drop", "missing=1 extra=0 changed=0"),
+                                          ("stowaway", "missing=0 extra=1 changed=0")])
+def test_restore_verification_catches_a_dropped_or_a_stowaway_record(stores, client, name, mode, counts):
+    chroma, db = stores
+    make_collection(client, name, 300)
+    export_collection_to_postgres(chroma, db, name)
+    with pytest.raises(VerificationFailed, match=rf"does not match snapshot \d+: {counts}$"):
+        import_postgres_to_chroma(SkewedAdds(chroma, mode), db, name, target=name + "-t", batch_size=100)
+    assert name + "-t" not in chroma.list_collection_names()
+
+
+def test_verify_counts_every_difference_and_names_the_first_few(stores, client, name):
+    chroma, db = stores
+    col = make_collection(client, name, 600)
+    export_collection_to_postgres(chroma, db, name)
+    col.delete(ids=[f"r{i}" for i in range(100, 140)])
+    col.add(ids=[f"new{i:03d}" for i in range(30)], embeddings=[[0.5] * 8] * 30)
+    col.update(ids=[f"r{i}" for i in range(500, 520)], metadatas=[{"edited": True}] * 20)
+    verdict = verify_collection(chroma, db, name, read_workers=2)
+    assert (verdict.expected_records, verdict.live_records) == (600, 590)
+    assert (verdict.missing, verdict.extra, verdict.changed) == (40, 30, 20)
+    assert verdict.examples["missing"] == ["r100", "r101", "r102", "r103", "r104"]
+    assert verdict.examples["extra"] == [f"new{i:03d}" for i in range(5)]
+    assert verdict.examples["changed"] == [f"r{i}" for i in range(500, 505)]
+
+
+def test_listing_a_collection_that_was_deleted_says_so(stores, client, name):
+    chroma, _ = stores
+    make_collection(client, name, 10)
+    collection = chroma.open(name)
+    client.delete_collection(name)
+    with pytest.raises(CollectionNotFound, match=rf"listing ids of '{name}'"):
+        chroma.list_ids(collection)
 
 
 class FailingSwap:
