@@ -257,6 +257,8 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                 lookup_db.close()
         if updated or deleted:
             db.records.vacuum_records()
+        elif added:
+            db.records.analyze_records()
     return BackupResult(
         collection=name, status="complete", snapshot_id=snapshot_id, records=content.count, added=added,
         updated=updated, deleted=deleted, dimension=dimension or info.dimension, digest=content.hexdigest(),

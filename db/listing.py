@@ -66,6 +66,10 @@ class IdListing:
         """Stream the listing (pages of ids, in the collection's order) into the table."""
         cur = self._cur
         cur.execute("SET LOCAL work_mem = '64MB'")  # the ordered join sorts in memory up to ~1M ids
+        # Every statement here is a bulk join of the whole listing: a nested loop is never right,
+        # and the planner picks one (quadratic: 30 s at 20k ids) whenever the record table's
+        # statistics are stale, e.g. right after its first backup.
+        cur.execute("SET LOCAL enable_nestloop = off")
         cur.execute(sql.SQL("CREATE TEMP TABLE {} (ord bigint GENERATED ALWAYS AS IDENTITY, record_id text NOT NULL) "
                             "ON COMMIT DROP").format(LISTED))
         cur.execute(sql.SQL("CREATE TEMP TABLE {} (record_id text NOT NULL) ON COMMIT DROP").format(GONE))

@@ -70,6 +70,12 @@ class RecordStore(Part):
         if ids:
             yield flush()
 
+    def analyze_records(self) -> None:
+        """Refresh the record table's statistics after records were only added (the next
+        backup's joins are planned from them)."""
+        with self.transaction("analyzing the record table") as cur:
+            cur.execute(self.tables.fmt("ANALYZE {t}"))
+
     def vacuum_records(self) -> None:
         """VACUUM (ANALYZE) the record table, so the space of versions closed by UPDATE or
         removed by prune is reused by the next inserts instead of growing the table (a row with
