@@ -49,16 +49,24 @@ def to_float32(embeddings: Any) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+_PLAIN_TYPES = (str, int, bool)
+
+
 def _encode_value(value: Any) -> Any:
-    if isinstance(value, bool) or isinstance(value, int) or isinstance(value, str):
+    kind = type(value)
+    if kind in _PLAIN_TYPES:  # the common case first (bool is a subclass of int, checked by type)
         return value
-    if isinstance(value, float):
+    if kind is float:
         text = repr(value)
         # PostgreSQL's jsonb keeps "1.0" as 1.0 but turns "1e+16" into an integer; tag those
         # (and non-finite values) so the type survives the round trip.
         if not math.isfinite(value) or "e" in text or "E" in text:
             return {FLOAT_TAG: text}
         return value
+    if isinstance(value, (str, int)):  # subclasses (e.g. enum values) keep their plain value
+        return value
+    if isinstance(value, float):
+        return _encode_value(float(value))
     if isinstance(value, (list, tuple)):
         return [_encode_value(item) for item in value]
     if isinstance(value, dict):  # already tagged (sparse vectors from chroma.py)
@@ -93,23 +101,23 @@ def decode_metadata(text: str | None) -> dict[str, Any] | None:
     return {key: _decode_value(value) for key, value in json.loads(text).items()}
 
 
-def _field(hasher: Any, data: bytes | None) -> None:
-    if data is None:
-        hasher.update(b"\x00")
-    else:
-        hasher.update(b"\x01" + len(data).to_bytes(8, "little") + data)
+_ABSENT = b"\x00"
+_PRESENT = b"\x01"
 
 
 def record_digest(record_id: str, embedding: bytes, document: str | None,
                   metadata_json: str | None, uri: str | None) -> bytes:
-    """blake2b-128 over the length-prefixed canonical fields; None and "" differ."""
-    hasher = hashlib.blake2b(digest_size=DIGEST_BITS // 8)
-    _field(hasher, record_id.encode("utf-8"))
-    _field(hasher, embedding)
-    _field(hasher, None if document is None else document.encode("utf-8"))
-    _field(hasher, None if metadata_json is None else metadata_json.encode("utf-8"))
-    _field(hasher, None if uri is None else uri.encode("utf-8"))
-    return hasher.digest()
+    """blake2b-128 over the length-prefixed canonical fields (``\\x01`` + 8-byte little-endian
+    length + bytes, or ``\\x00`` for None): None and "" differ."""
+    parts: list[bytes] = []
+    for data in (record_id.encode("utf-8"), embedding, None if document is None else document.encode("utf-8"),
+                 None if metadata_json is None else metadata_json.encode("utf-8"),
+                 None if uri is None else uri.encode("utf-8")):
+        if data is None:
+            parts.append(_ABSENT)
+        else:
+            parts += (_PRESENT, len(data).to_bytes(8, "little"), data)
+    return hashlib.blake2b(b"".join(parts), digest_size=DIGEST_BITS // 8).digest()
 
 
 def batch_rows(batch: RecordBatch) -> list[tuple[str, bytes, str | None, str | None, str | None, bytes]]:

@@ -50,3 +50,10 @@ def test_content_digest_is_order_independent():
     one.add_all(digests)
     two.add_all(reversed(digests))
     assert one.hexdigest() == two.hexdigest() and one.count == 5
+
+
+def test_the_digest_format_never_changes():
+    """Snapshots taken by earlier versions are compared with these digests: the bytes hashed are
+    fixed (\\x01 + 8-byte little-endian length + field, or \\x00 for None, in field order)."""
+    assert record_digest("rec-1", bytes(range(8)), "doc", '{"a":1}', None).hex() == "da836b7566df724f649095b6b5568d65"
+    assert record_digest("", b"", "", None, "").hex() == "8fd9e008b3adf51adb28bfe6deba8fcd"
