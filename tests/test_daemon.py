@@ -305,7 +305,8 @@ def start_slow_backup_daemon(env, tmp_path, client, name, daemons, extra=None):
     daemon = daemons(settings, tmp_path)
     url = env["DATABASE_URL"]
     wait_for(lambda: query(url, "SELECT 1 FROM pg_stat_activity WHERE application_name = 'chroma-backup' "
-                                "AND query LIKE 'COPY%%'"), interval=0.05, what="the backup to start copying")
+                                "AND query LIKE 'COPY \"chroma_data\" %%'"), interval=0.05,
+             what="the backup to start copying records")
     return daemon
 
 
