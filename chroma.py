@@ -337,25 +337,8 @@ class ChromaStore:
         """Every id of the collection from one ``get(include=[])`` request (the consistent
         enumeration a backup reads by), parsed as the response arrives and handed out as it
         completes: memory stays flat however large the collection (``idstream``)."""
-        server = self.client._server
         path = f"/tenants/{self.tenant}/databases/{self.database}/collections/{collection.id}/get"
-        body = json.dumps({"ids": None, "where": None, "limit": None, "offset": None, "where_document": None,
-                           "include": []})
-        parser = IdStreamParser()
-        what = f"listing ids of {collection.name!r}"
-        with _translated(what), server._session.stream(
-                "POST", server._api_url + urllib.parse.quote(path, safe="/"), content=body) as response:
-            if response.status_code >= 400:
-                response.read()
-                server._raise_chroma_error(response)
-            try:
-                for text in response.iter_text():
-                    ids = parser.feed(text)
-                    if ids:
-                        yield ids
-                parser.close()
-            except MalformedListing as error:
-                raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
+        return _streamed_ids(self.client._server, path, f"listing ids of {collection.name!r}")
 
     def fetch(self, collection: Any, ids: list[str]) -> RecordBatch:
         """The full records for ``ids`` (missing ids are skipped; order is the server's)."""
@@ -420,6 +403,27 @@ class ChromaStore:
         """Which of ``ids`` exist (no content read)."""
         with _translated(f"looking up ids in {collection.name!r}"):
             return list(collection.get(ids=ids, include=[])["ids"])
+
+
+def _streamed_ids(server: Any, path: str, what: str) -> Iterator[list[str]]:
+    """POST an id-only ``get`` through the chromadb client's own HTTP session (its headers,
+    timeout and transient-status hook) and parse the body as it streams in."""
+    body = json.dumps({"ids": None, "where": None, "limit": None, "offset": None, "where_document": None,
+                       "include": []})
+    parser = IdStreamParser()
+    with _translated(what), server._session.stream(
+            "POST", server._api_url + urllib.parse.quote(path, safe="/"), content=body) as response:
+        if response.status_code >= 400:
+            response.read()
+            server._raise_chroma_error(response)
+        try:
+            for text in response.iter_text():
+                ids = parser.feed(text)
+                if ids:
+                    yield ids
+            parser.close()
+        except MalformedListing as error:
+            raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
 
 
 def _http_client(settings: Settings, host: str, port: int, ssl: bool, database: str, timeout: float,
