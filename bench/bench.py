@@ -315,10 +315,10 @@ def measure_raw_read(port: int, pages: tuple[int, ...], repeat: int, results: di
     results["raw_read"] = summarize(runs)
 
 
-def run_scale(args, port: int, database_url: str, results: dict) -> None:
-    """What grows with the collection (--scale): a paged read, a full and a no-change backup, and
-    a verify, at --records."""
-    measure_raw_read(port, (250, 1000), args.repeat, results)
+def measure_backups(args, port: int, database_url: str, results: dict, pages: tuple[int, ...]) -> str:
+    """What grows with the collection (all of --scale): the best paged read, a full and a
+    no-change backup, and a verify; returns the table the backups went to."""
+    measure_raw_read(port, pages, args.repeat, results)
     tables = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
     step("backup_full")
     results["backup_full"] = summarize([isolated(m_backup, port, database_url, t, args.read_workers) for t in tables])
@@ -328,6 +328,7 @@ def run_scale(args, port: int, database_url: str, results: dict) -> None:
     step("verify")
     results["verify"] = summarize([isolated(m_verify, port, database_url, tables[0], args.read_workers)
                                    for _ in range(args.repeat)])
+    return tables[0]
 
 
 def run(args) -> dict:
@@ -341,8 +342,8 @@ def run(args) -> dict:
         shutil.copytree(cache, workdir / "chroma")
         database_url, server = database_url_from(args, workdir)
         with Chroma(workdir / "chroma") as chroma:
-            if args.scale:
-                run_scale(args, chroma.port, database_url, results)
+            if args.scale:  # a million records: every page size and restore would take hours
+                measure_backups(args, chroma.port, database_url, results, (250, 1000))
             else:
                 run_all(args, chroma.port, database_url, results)
         if args.baseline_records:
@@ -357,39 +358,29 @@ def run(args) -> dict:
 
 
 def run_all(args, port: int, database_url: str, results: dict) -> None:
-    measure_raw_read(port, (250, 1000, 2500, 5461), args.repeat, results)
-    tables = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
-    step("backup_full")
-    results["backup_full"] = summarize([isolated(m_backup, port, database_url, t, args.read_workers)
-                                        for t in tables])
-    step("backup_nochange")
-    results["backup_nochange"] = summarize([isolated(m_backup, port, database_url, tables[0], args.read_workers)
-                                            for _ in range(args.repeat)])
-    step("verify")
-    results["verify"] = summarize([isolated(m_verify, port, database_url, tables[0], args.read_workers)
-                                   for _ in range(args.repeat)])
+    table = measure_backups(args, port, database_url, results, (250, 1000, 2500, 5461))
     step("backup_churn")
     churn_runs = []
     for i in range(args.repeat):
         churn(port, args.records, args.dim, round_=i)
-        churn_runs.append(isolated(m_backup, port, database_url, tables[0], args.read_workers))
+        churn_runs.append(isolated(m_backup, port, database_url, table, args.read_workers))
     results["backup_churn"] = summarize(churn_runs)
 
     step("raw_add")
     results["raw_add"] = summarize([isolated(m_raw_add, port, args.records, args.dim)
                                     for _ in range(args.repeat)])
     step("restore")
-    results["restore"] = summarize([isolated(m_restore, port, database_url, tables[0], args.read_workers)
+    results["restore"] = summarize([isolated(m_restore, port, database_url, table, args.read_workers)
                                     for _ in range(args.repeat)])
 
     step(f"storage ({args.storage_rounds} backups with 1% churn)")
-    table = f"bench_{uuid.uuid4().hex[:8]}"
-    first = isolated(m_backup, port, database_url, table, args.read_workers)
-    storage_1 = size_of(port, database_url, table)
+    storage_table = f"bench_{uuid.uuid4().hex[:8]}"
+    first = isolated(m_backup, port, database_url, storage_table, args.read_workers)
+    storage_1 = size_of(port, database_url, storage_table)
     for i in range(args.storage_rounds - 1):
         churn(port, args.records, args.dim, round_=100 + i)
-        isolated(m_backup, port, database_url, table, args.read_workers)
-    storage_n = size_of(port, database_url, table)
+        isolated(m_backup, port, database_url, storage_table, args.read_workers)
+    storage_n = size_of(port, database_url, storage_table)
     results["storage"] = {"storage_1_bytes": storage_1, f"storage_{args.storage_rounds}_bytes": storage_n,
                           "rounds": args.storage_rounds, "first_backup_records": first["records"]}
 
