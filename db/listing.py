@@ -27,16 +27,22 @@ Chunk = list[tuple[str, "bytes | None"]]  # (record id, stored digest or None), 
 
 class _IdLines:
     """A file-like ``read`` over pages of ids, as COPY text lines: COPY pulls the listing as the
-    Chroma response arrives."""
+    Chroma response arrives.  An error reading the pages ends the COPY early and is kept in
+    ``failure`` (psycopg2 would turn it into a PostgreSQL error and lose its class)."""
 
     def __init__(self, pages: Iterable[list[str]]):
         self._pages = iter(pages)
         self._buffer = b""
         self.count = 0
+        self.failure: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            page = next(self._pages, None)
+        while self.failure is None and (size < 0 or len(self._buffer) < size):
+            try:
+                page = next(self._pages, None)
+            except BaseException as error:  # re-raised by IdListing.load once COPY returns
+                self.failure = error
+                return b""
             if page is None:
                 break
             self.count += len(page)
@@ -74,8 +80,14 @@ class IdListing:
                             "ON COMMIT DROP").format(LISTED))
         cur.execute(sql.SQL("CREATE TEMP TABLE {} (record_id text NOT NULL) ON COMMIT DROP").format(GONE))
         lines = _IdLines(pages)
-        cur.copy_expert(sql.SQL("COPY {} (record_id) FROM STDIN").format(LISTED).as_string(self._session.conn),
-                        lines, size=1 << 16)
+        try:
+            cur.copy_expert(sql.SQL("COPY {} (record_id) FROM STDIN").format(LISTED).as_string(self._session.conn),
+                            lines, size=1 << 16)
+        except psycopg2.Error:
+            if lines.failure is None:
+                raise
+        if lines.failure is not None:
+            raise lines.failure  # the listing is incomplete: the caller's transaction rolls back
         cur.execute(sql.SQL("ANALYZE {}").format(LISTED))
         self.count = lines.count
         return self.count

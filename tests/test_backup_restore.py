@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_collection
-from errors import CollectionBusy, CollectionExists, CollectionNotFound, SnapshotNotFound, VerificationFailed
+from errors import ChromaUnavailable, CollectionBusy, CollectionExists, CollectionNotFound, SnapshotNotFound, VerificationFailed
 from records import RecordBatch
 from export_import import (export_collection_to_postgres, import_postgres_to_chroma, prune_snapshots,
                            verify_collection)
@@ -407,6 +407,32 @@ def test_listing_a_collection_that_was_deleted_says_so(stores, client, name):
     client.delete_collection(name)
     with pytest.raises(CollectionNotFound, match=rf"listing ids of '{name}'"):
         chroma.list_ids(collection)
+
+
+class ListingCutOff:
+    """Chroma goes away in the middle of the id listing: a fault a real server cannot be made to
+    produce on demand at that point."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, attr):
+        return getattr(self._inner, attr)
+
+    def iter_ids(self, collection):
+        pages = self._inner.iter_ids(collection)
+        yield next(pages)
+        raise ChromaUnavailable("Chroma unreachable during listing ids: connection reset")
+
+
+def test_a_listing_cut_off_fails_the_run_as_chroma_unavailable_and_writes_nothing(stores, client, name):
+    chroma, db = stores
+    make_collection(client, name, 50)
+    with pytest.raises(ChromaUnavailable, match="connection reset"):
+        export_collection_to_postgres(ListingCutOff(chroma), db, name)
+    assert [(s.status, s.error) for s in db.catalog.list_snapshots("default_tenant", "default_database", name)] == [
+        ("failed", "listing ids: ChromaUnavailable: Chroma unreachable during listing ids: connection reset")]
+    assert export_collection_to_postgres(chroma, db, name).records == 50
 
 
 class FailingSwap:
