@@ -88,7 +88,7 @@ def free_port() -> int:
 
 class Chroma:
     def __init__(self, path: Path):
-        self.path = path
+        self.path = path.resolve()  # chroma runs from the parent directory
         self.port = free_port()
         self.proc = None
 
