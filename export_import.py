@@ -381,9 +381,11 @@ def compare_collection(chroma: ChromaStore, collection: Any, listing: IdListing,
 
 
 # Pages of the restore's read-back.  Chroma's add keeps both cores of the measuring machine busy
-# (187-193% CPU), so every read-back request slows the restore; measured at 100k (median of 2):
-# restore / raw_add 1.093 with pages of 250, 1.055 with pages of 1,000, 0.991 with no read-back.
-# The restore already holds a whole write batch (5,461 here), so the larger page costs no peak.
+# (187-193% CPU), so every read-back request slows the restore: at 100k a restore without read-back
+# measured 0.991 x raw_add, with it 1.09-1.13.  Pages of 1,000 cut the requests fourfold (a single
+# stream reads 100k in 10.7 s with pages of 1,000, 13.9 s with 250); whether that shows in the
+# restore is within this machine's noise (1.055 and 1.132 in two runs of two).  The restore
+# already holds a whole write batch (5,461 here), so the larger page costs no peak memory.
 READBACK_BATCH = 1000
 
 
