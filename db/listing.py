@@ -52,7 +52,6 @@ class _IdLines:
         out, self._buffer = self._buffer[:size], self._buffer[size:]
         return out
 
-    readline = read
 
 
 class IdListing:
@@ -121,28 +120,33 @@ class IdListing:
         if record_ids:
             self._cur.execute(sql.SQL("INSERT INTO {} SELECT unnest(%s::text[])").format(GONE), (record_ids,))
 
-    def _unlisted(self) -> sql.Composed:
-        """Stored ids (alias s) that are not in the listing once the ids gone when read are
-        taken out of it (both set-wise joins: no per-row lookups)."""
+    def _drop_gone(self) -> None:
+        """Take the ids gone when read out of the listing (one set-wise join), so that "not
+        listed" below means "not in the collection"."""
         self._cur.execute(sql.SQL("DELETE FROM {listed} l USING {gone} g WHERE l.record_id = g.record_id").format(
             listed=LISTED, gone=GONE))
         self._cur.execute(sql.SQL("TRUNCATE {}").format(GONE))
-        return sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE l.record_id = s.record_id)").format(LISTED)
 
     def close_unlisted(self, snapshot_id: int, collection_ref: int) -> int:
         """End the current version of every stored record the listing lacks (deleted as of
         ``snapshot_id``); returns how many."""
+        self._drop_gone()
         self._cur.execute(self._session.tables.fmt(
             "UPDATE {t} s SET valid_to = %s WHERE s.collection_ref = %s AND s.valid_to IS NULL "
-            "AND s.valid_from < %s AND {unlisted}", unlisted=self._unlisted()
+            "AND s.valid_from < %s AND {unlisted}", unlisted=_UNLISTED
         ), (snapshot_id, collection_ref, snapshot_id))
         return self._cur.rowcount
 
     def unlisted(self, examples: int) -> tuple[int, list[str]]:
-        """How many stored records the listing lacks, and the first ``examples`` of their ids."""
-        query = sql.SQL("SELECT s.record_id FROM ({stored}) s WHERE {unlisted} ORDER BY s.record_id").format(
-            stored=self._stored, unlisted=self._unlisted())
-        self._cur.execute(sql.SQL("SELECT count(*) FROM ({}) u").format(query), self._stored_params)
-        count = self._cur.fetchone()[0]
-        self._cur.execute(query + sql.SQL(" LIMIT %s"), (*self._stored_params, examples))
-        return count, [row[0] for row in self._cur.fetchall()]
+        """How many stored records the listing lacks, and the first ``examples`` of their ids
+        (one anti-join: the count is taken over all of it before the limit)."""
+        self._drop_gone()
+        self._cur.execute(sql.SQL(
+            "SELECT s.record_id, count(*) OVER () FROM ({stored}) s WHERE {unlisted} ORDER BY s.record_id LIMIT %s"
+        ).format(stored=self._stored, unlisted=_UNLISTED), (*self._stored_params, examples))
+        rows = self._cur.fetchall()
+        return (rows[0][1] if rows else 0), [row[0] for row in rows]
+
+
+# Stored ids (alias s) that the listing lacks: an anti-join, never a per-row lookup.
+_UNLISTED = sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE l.record_id = s.record_id)").format(LISTED)
