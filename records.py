@@ -86,12 +86,17 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
+# One encoder for every record (json.dumps with options builds a new one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_metadata(metadata: dict[str, Any] | None) -> str | None:
     """Canonical JSON text of a metadata dict (sorted keys, floats tagged where needed)."""
     if metadata is None:
         return None
-    encoded = {str(key): _encode_value(value) for key, value in metadata.items()}
-    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    encoded = {key if type(key) is str else str(key): value if type(value) in _PLAIN_TYPES else _encode_value(value)
+               for key, value in metadata.items()}
+    return _CANONICAL.encode(encoded)
 
 
 def decode_metadata(text: str | None) -> dict[str, Any] | None:
