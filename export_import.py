@@ -380,13 +380,12 @@ def compare_collection(chroma: ChromaStore, collection: Any, listing: IdListing,
     return result
 
 
-# Pages of the restore's read-back.  Chroma's add keeps both cores of the measuring machine busy
-# (187-193% CPU), so every read-back request slows the restore: at 100k a restore without read-back
-# measured 0.991 x raw_add, with it 1.09-1.13 in pages of 250.  Pages of 1,000 cut the requests
-# fourfold (a single stream reads 100k in 9.8 s with pages of 1,000, 13.0 s with 250); restores
-# measured 1.030, 1.055 and 1.132 x raw_add in three runs of two (this machine's noise is ~5%).
-# The price is peak RSS: 486 MB against 357 MB with pages of 250 (bounded, not growing with N).
-READBACK_BATCH = 1000
+# The restore reads back each written batch in one request (pages as large as the writes).
+# Chroma's add keeps both cores of the measuring machine busy (187-193% CPU), and what a read-back
+# costs it is mostly per request, not per record: at 100k, next to a raw_add of 148.7 s, restores
+# took 169.9 s reading back in pages of 1,000 (3 readers), 170.1 s in pages of 2,731 and 144.9 s
+# in pages of 5,461 (one per written batch); a second pair measured 169.1 s against a raw_add of
+# 176.8 s.  The price is peak RSS: ~650 MB against ~420-490 MB (bounded, not growing with N).
 
 
 class _ReadBackVerifier:
@@ -408,7 +407,7 @@ class _ReadBackVerifier:
         self.thread.start()
 
     def _run(self) -> None:
-        size = self.chroma.read_batch_size(READBACK_BATCH)
+        size = self.chroma.batch_size()  # a written batch is at most this: one request each
         while True:
             chunk = self.pending.get()
             if chunk is None:
