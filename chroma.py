@@ -339,7 +339,7 @@ class ChromaStore:
         what = f"reading records of {collection.name!r}"
         server = self.client._server
         body = json.dumps({"ids": ids, "where": None, "limit": None, "offset": None, "where_document": None,
-                             "include": INCLUDE_ALL})
+                           "include": INCLUDE_ALL})
         with _translated(what):
             response = server._session.post(server._api_url + urllib.parse.quote(path, safe="/"), content=body)
             server._raise_chroma_error(response)

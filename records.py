@@ -1,7 +1,7 @@
 """Records in transit: exact embedding bytes, lossless metadata JSON, and content digests.
 
-Pure functions, no I/O.  ``chroma.py`` hands records over as plain Python values (sparse vectors
-already turned into ``{"$sparse": {...}}``); this module defines the one canonical encoding that
+Pure functions, no I/O.  ``chroma.py`` hands records over as plain Python values (decoded by
+``wire.py``, sparse vectors already turned into ``{"$sparse": {...}}``); this module defines the one canonical encoding that
 backup, restore and verify all digest, so a digest computed from a live collection equals the one
 stored at backup time exactly when the content is identical.
 """
@@ -34,19 +34,6 @@ class RecordBatch:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def to_float32(embeddings: Any) -> np.ndarray:
-    """Embeddings (float64 over HTTP, lists, ...) as a little-endian float32 matrix.
-
-    Chroma stores float32, so the float64 values it returns convert back without loss.
-    """
-    array = np.asarray(embeddings if embeddings is not None else [], dtype="<f4")
-    if array.size == 0:
-        return np.zeros((0, 0), dtype="<f4")
-    if array.ndim != 2:
-        raise ValueError(f"expected a matrix of embeddings, got shape {array.shape}")
-    return np.ascontiguousarray(array)
 
 
 _PLAIN_TYPES = (str, int, bool)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from records import ContentDigest, decode_metadata, encode_metadata, record_digest, to_float32
+from records import ContentDigest, decode_metadata, encode_metadata, record_digest
 
 
 def test_metadata_types_survive_encoding():
@@ -37,11 +37,6 @@ def test_digest_sees_one_bit_of_an_embedding():
     b = a.copy()
     b.view("<i4")[0] += 1
     assert record_digest("x", a.tobytes(), "d", None, None) != record_digest("x", b.tobytes(), "d", None, None)
-
-
-def test_float64_from_http_converts_back_to_the_same_float32():
-    original = np.random.default_rng(1).random((4, 5), dtype=np.float32)
-    assert to_float32(original.astype(np.float64)).tobytes() == original.astype("<f4").tobytes()
 
 
 def test_content_digest_is_order_independent():
