@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 
 # get(ids=...) fails above 32,763 ids on 1.5.9, whatever the server's max batch size says.
 MAX_IDS_PER_GET = 32_000
-# Measured here (100k x 384-d, 3 readers, full backup, decoded by ``wire``): pages of 250 / 500 /
-# 1,000 took Chroma 8.1 / 7.4 / 6.9 CPU-seconds and the backup 11.6 / 10.5 / 10.1 s, with a peak
-# RSS of 168 / 195 / 290 MB.  (With the chromadb client's float-by-float decoding, pages of 500 or
-# more made the RSS climb with every page; ``wire`` holds no Python float per component.)
-READ_BATCH = 500
+# Measured here (3 readers, full backup, decoded by ``wire``): at 100k, pages of 250 / 500 / 1,000
+# took Chroma 8.1 / 7.4 / 6.9 CPU-seconds and the backup 11.6 / 10.5 / 10.1 s (peak RSS 168 / 195 /
+# 290 MB); but at 1M pages of 500 peaked at 361 MB (208 MB at 100k) while pages of 250 peaked at
+# 215 MB in 103.5 s against 99.4 s: the peak RSS must not grow with the collection.
+READ_BATCH = 250
 INCLUDE_ALL = ["embeddings", "documents", "metadatas", "uris"]
 HNSW_KEYS = ("space", "ef_construction", "ef_search", "max_neighbors", "resize_factor", "sync_threshold")
 # 0.6.x-era collection metadata keys and their 1.x configuration names.

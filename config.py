@@ -48,7 +48,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "CHROMA_TIMEOUT_SECONDS": ("60", "timeout of one Chroma HTTP request"),
     "CHROMA_COLLECTION_NAME": ("*", "collection(s) to back up: one name, a comma-separated list, or * for all"),
     "NEW_COLLECTION_NAME": ("{name}_restored", "restore target; {name} is replaced by the source collection's name"),
-    "BATCH_SIZE": ("0", "records per Chroma request; 0 = automatic (reads 500; writes the server's maximum batch size)"),
+    "BATCH_SIZE": ("0", "records per Chroma request; 0 = automatic (reads 250; writes the server's maximum batch size)"),
     "READ_WORKERS": ("3", "concurrent Chroma clients reading a collection (backup, verify, restore verification)"),
     "RETENTION_DAYS": ("30", "prune deletes complete snapshots and failed runs older than this many days"),
     "RETENTION_MIN_SNAPSHOTS": ("7", "prune always keeps at least this many complete snapshots per collection"),
