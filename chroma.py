@@ -327,21 +327,27 @@ class ChromaStore:
         """Every id of the collection from one ``get(include=[])`` request (the consistent
         enumeration a backup reads by), parsed as the response arrives and handed out as it
         completes: memory stays flat however large the collection (``idstream``)."""
+        url, body = self._get_request(collection, None, [])
+        return _streamed_ids(self.client._server, url, body, f"listing ids of {collection.name!r}")
+
+    def _get_request(self, collection: Any, ids: list[str] | None, include: list[str]) -> tuple[str, str]:
+        """URL and body of a ``get`` posted through the chromadb client's own HTTP session (its
+        headers, timeout and transient-status hook), for answers we decode ourselves."""
         path = f"/tenants/{self.tenant}/databases/{self.database}/collections/{collection.id}/get"
-        return _streamed_ids(self.client._server, path, f"listing ids of {collection.name!r}")
+        body = json.dumps({"ids": ids, "where": None, "limit": None, "offset": None, "where_document": None,
+                           "include": include})
+        return self.client._server._api_url + urllib.parse.quote(path, safe="/"), body
 
     def fetch(self, collection: Any, ids: list[str]) -> RecordBatch:
         """The full records for ``ids`` (missing ids are skipped; order is the server's).
 
         Posted through the chromadb client's session like ``iter_ids``, and decoded by ``wire``
         (vectors straight to float32) instead of the client's float-by-float decoding."""
-        path = f"/tenants/{self.tenant}/databases/{self.database}/collections/{collection.id}/get"
         what = f"reading records of {collection.name!r}"
         server = self.client._server
-        body = json.dumps({"ids": ids, "where": None, "limit": None, "offset": None, "where_document": None,
-                           "include": INCLUDE_ALL})
+        url, body = self._get_request(collection, ids, INCLUDE_ALL)
         with _translated(what):
-            response = server._session.post(server._api_url + urllib.parse.quote(path, safe="/"), content=body)
+            response = server._session.post(url, content=body)
             server._raise_chroma_error(response)
         try:
             return decode_get(response.content)
@@ -395,14 +401,10 @@ class ChromaStore:
             return list(collection.get(ids=ids, include=[])["ids"])
 
 
-def _streamed_ids(server: Any, path: str, what: str) -> Iterator[list[str]]:
-    """POST an id-only ``get`` through the chromadb client's own HTTP session (its headers,
-    timeout and transient-status hook) and parse the body as it streams in."""
-    body = json.dumps({"ids": None, "where": None, "limit": None, "offset": None, "where_document": None,
-                       "include": []})
+def _streamed_ids(server: Any, url: str, body: str, what: str) -> Iterator[list[str]]:
+    """POST an id-only ``get`` and parse the body as it streams in."""
     parser = IdStreamParser()
-    with _translated(what), server._session.stream(
-            "POST", server._api_url + urllib.parse.quote(path, safe="/"), content=body) as response:
+    with _translated(what), server._session.stream("POST", url, content=body) as response:
         if response.status_code >= 400:
             response.read()
             server._raise_chroma_error(response)

@@ -1,9 +1,9 @@
 """Records in transit: exact embedding bytes, lossless metadata JSON, and content digests.
 
 Pure functions, no I/O.  ``chroma.py`` hands records over as plain Python values (decoded by
-``wire.py``, sparse vectors already turned into ``{"$sparse": {...}}``); this module defines the one canonical encoding that
-backup, restore and verify all digest, so a digest computed from a live collection equals the one
-stored at backup time exactly when the content is identical.
+``wire.py``, sparse vectors already turned into ``{"$sparse": {...}}``); this module defines the
+one canonical encoding that backup, restore and verify all digest, so a digest computed from a
+live collection equals the one stored at backup time exactly when the content is identical.
 """
 
 from __future__ import annotations

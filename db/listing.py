@@ -53,7 +53,6 @@ class _IdLines:
         return out
 
 
-
 class IdListing:
     """The ids listed from a live collection, against the versions stored for ``collection_ref``
     that ``visible`` selects (the current ones for a backup, a snapshot's for a verify)."""
