@@ -209,8 +209,12 @@ def create_app(settings: Settings, reader: Operations, tasks: TaskRunner, metric
         def run(ops: Operations, task: Any) -> Any:
             task.records_total = records
             at = body.at if body.at is None or body.at.tzinfo else body.at.replace(tzinfo=timezone.utc)
-            return ops.restore(label, to=body.target, snapshot_id=body.snapshot, at=at, overwrite=body.overwrite,
-                               dry_run=body.dry_run, reason="requested over HTTP", progress=task).as_json()
+            result = ops.restore(label, to=body.target, snapshot_id=body.snapshot, at=at, overwrite=body.overwrite,
+                                 dry_run=body.dry_run, reason="requested over HTTP", progress=task)
+            if result.differences:  # the copy is kept (records identical), as the CLI's exit 1 says
+                task.error = (f"{result.target} holds every record identically, but its configuration differs: "
+                              + "; ".join(result.differences))
+            return result.as_json()
 
         return _accepted(tasks.submit("restore", [label], run))
 

@@ -1,28 +1,27 @@
-"""Chroma: the client factory, version detection, collection description and re-creation, paging.
+"""Chroma: one server, tenant and database as the program sees it (``ChromaStore``).
 
-The only module that imports chromadb (and its HTTP transport, httpx).  Every difference between
-Chroma versions lives here.  Errors are translated by class: ``NotFoundError`` becomes
-``CollectionNotFound``; connection failures, timeouts and 502/503/504 become ``ChromaUnavailable``
-(transient); any other error the server returns becomes ``ChromaFailure``.
-
-The default embedding function is never attached: collections are always opened and created with
-``embedding_function=None`` and records always carry their embeddings.
+Every difference between Chroma versions lives here: how a collection is described and re-created
+(0.6.x keeps the index in ``hnsw:*`` metadata, 1.x in a configuration and a schema), how vectors
+travel (base64 where the server takes it), how requests are sized.  The HTTP itself is
+``chroma_http`` (the only importer of httpx); large answers are decoded by ``wire`` and
+``idstream``.  The default embedding function can never run: no embedding function exists here,
+and records always carry their embeddings.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-import urllib.parse
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-import httpx
 import numpy as np
 
+from chroma_http import RequestTooLarge, Transport, encode
 from config import Settings
-from errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, first_line
+from errors import ChromaFailure, CollectionNotFound, first_line
 from idstream import IdStreamParser, MalformedListing
 from records import RecordBatch
 from wire import SPARSE_TAG, MalformedAnswer, decode_get
@@ -31,11 +30,19 @@ log = logging.getLogger(__name__)
 
 # get(ids=...) fails above 32,763 ids on 1.5.9, whatever the server's max batch size says.
 MAX_IDS_PER_GET = 32_000
-# Measured here (3 readers, full backup, decoded by ``wire``): at 100k, pages of 250 / 500 / 1,000
-# took Chroma 8.1 / 7.4 / 6.9 CPU-seconds and the backup 11.6 / 10.5 / 10.1 s (peak RSS 168 / 195 /
-# 290 MB); but at 1M pages of 500 peaked at 361 MB (208 MB at 100k) while pages of 250 peaked at
-# 215 MB in 103.5 s against 99.4 s: the peak RSS must not grow with the collection.
+# Records per read.  Measured (3 readers, full backup at 100k, decoded by ``wire``): pages of 500
+# cost Chroma less CPU but made the peak RSS grow with the collection at 1M; 250 did not
+# (docs/performance.md).
 READ_BATCH = 250
+# A 1.x server refuses request bodies over 40 MiB by default (HTTP 413, ``max_payload_size_bytes``);
+# writes are cut by their estimated size well below that, as well as by the record count.  A
+# server (or a proxy in front of it) that still answers 413 halves the budget for the rest of the
+# run (``ChromaStore.add``).
+WRITE_BUDGET_BYTES = 32 << 20
+# The estimated size of one ``get`` answer: a read asks for at most this much (a 3072-d vector is
+# ~37 kB of JSON text), so a reader never holds a page of hundreds of MB.
+READ_BUDGET_BYTES = 32 << 20
+JSON_FLOAT_BYTES = 13  # one float32 component as a get answer writes it ("-0.123456789,")
 INCLUDE_ALL = ["embeddings", "documents", "metadatas", "uris"]
 HNSW_KEYS = ("space", "ef_construction", "ef_search", "max_neighbors", "resize_factor", "sync_threshold")
 # 0.6.x-era collection metadata keys and their 1.x configuration names.
@@ -47,51 +54,31 @@ LEGACY_HNSW_KEYS = {
     "hnsw:resize_factor": "resize_factor",
     "hnsw:sync_threshold": "sync_threshold",
 }
-_TRANSIENT_STATUS = {502, 503, 504}
+# How a 1.x collection is asked for (``creation_plans``).
+PLAN_CONFIGURATION = "configuration"
+PLAN_SCHEMA = "schema"
+PLAN_CLIENT = "client"
+SCHEMA_OWN_KEYS = ("#embedding", "#document")  # schema keys every collection has
+LIST_PAGE = 1000  # collections / databases per listing request
+_SPARSE_TYPE = {"#type": "sparse_vector"}
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    from chromadb import errors as chroma_errors
+@dataclass(frozen=True)
+class Collection:
+    """A collection as the server described it when it was opened."""
 
-    try:
-        yield
-    except chroma_errors.NotFoundError as error:
-        raise CollectionNotFound(f"{what}: {first_line(error)}") from error
-    except (httpx.TransportError, ConnectionError, TimeoutError) as error:
-        raise ChromaUnavailable(f"Chroma unreachable during {what}: {type(error).__name__}: {first_line(error)}") from error
-    except httpx.HTTPStatusError as error:
-        status = error.response.status_code
-        cls = ChromaUnavailable if status in _TRANSIENT_STATUS else ChromaFailure
-        raise cls(f"Chroma answered HTTP {status} during {what}") from error
-    except chroma_errors.ChromaError as error:
-        raise ChromaFailure(f"Chroma error during {what}: {type(error).__name__}: {first_line(error)}") from error
-    except Exception as error:
-        if type(error) is not Exception:
-            raise
-        # chromadb raises a bare Exception(body) for errors it has no class for, e.g. a 0.6.x
-        # server's {"error": "InvalidCollection", ...}: classify by that error name.
-        name = _error_name(str(error))
-        if name in _NOT_FOUND_ERRORS:
-            raise CollectionNotFound(f"{what}: {name}") from error
-        raise ChromaFailure(f"Chroma error during {what}: {name or first_line(error)}") from error
+    id: str
+    name: str
+    metadata: dict[str, Any] | None
+    configuration_json: dict[str, Any] | None
+    schema_json: dict[str, Any] | None
+    dimension: int | None
 
-
-_NOT_FOUND_ERRORS = {"InvalidCollection", "NotFoundError"}
-
-
-def _error_name(body: str) -> str | None:
-    try:
-        data = json.loads(body.split(" (trace ID:")[0])
-    except ValueError:
-        return None
-    return data.get("error") if isinstance(data, dict) else None
-
-
-def _raise_unavailable(response: httpx.Response) -> None:
-    """httpx response hook: a gateway/unavailable status is transient, whatever the body says."""
-    if response.status_code in _TRANSIENT_STATUS:
-        raise ChromaUnavailable(f"Chroma answered HTTP {response.status_code} ({response.request.url.path})")
+    @classmethod
+    def from_model(cls, model: dict[str, Any]) -> "Collection":
+        return cls(id=str(model["id"]), name=model["name"], metadata=model.get("metadata") or None,
+                   configuration_json=_json_safe(model.get("configuration_json")),
+                   schema_json=_json_safe(model.get("serialized_schema")), dimension=model.get("dimension"))
 
 
 @dataclass(frozen=True)
@@ -163,52 +150,63 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _chroma_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Inverse of ``wire.plain_metadata``."""
+def _wire_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Inverse of ``wire.plain_metadata``: sparse vectors in the wire's tagged form."""
     if not metadata:
         return None
     result = {}
     for key, value in metadata.items():
         if isinstance(value, dict) and SPARSE_TAG in value:
-            from chromadb.api.types import SparseVector
-
             sparse = value[SPARSE_TAG]
-            value = SparseVector(indices=sparse["indices"], values=sparse["values"], labels=sparse.get("labels"))
+            value = {**_SPARSE_TYPE, "indices": sparse["indices"], "values": sparse["values"]}
+            if sparse.get("labels") is not None:
+                value["tokens"] = sparse["labels"]
         result[key] = value
     return result
 
 
 @dataclass
 class ChromaStore:
-    """One Chroma server, tenant and database."""
+    """One Chroma server, tenant and database, over one connection pool that every thread of a
+    run shares.  ``close`` it when the run ends."""
 
-    client: Any
+    transport: Transport
     tenant: str
     database: str
     address: str
     server_version: str
-    timeout: float
-    _max_batch: int | None = field(default=None, repr=False)
-    _reconnect: Any = field(default=None, repr=False)  # opens another client like this one
+    max_batch: int
+    base64: bool  # the server takes vectors base64-encoded (1.x)
+    write_budget: int = WRITE_BUDGET_BYTES  # bytes per write request (halved on HTTP 413)
 
     @classmethod
     def connect(cls, settings: Settings, *, host: str | None = None, port: int | None = None,
                 ssl: bool | None = None, timeout: float | None = None,
                 database: str | None = None) -> "ChromaStore":
+        """Reach the server, read its version and limits, and check the tenant and database."""
         host, port = host or settings.chromadb_host, port or settings.chromadb_port
         ssl = settings.chromadb_use_ssl if ssl is None else ssl
         database = database or settings.chroma_database
-        timeout = timeout or settings.chroma_timeout_seconds
         address = f"{'https' if ssl else 'http'}://{host}:{port}"
-        client, version = _http_client(settings, host, port, ssl, database, timeout, address)
-        return cls(client, settings.chroma_tenant, database, address, version, timeout,
-                   _reconnect=lambda: cls.connect(settings, host=host, port=port, ssl=ssl, timeout=timeout,
-                                                  database=database))
+        transport = Transport(address, _auth_headers(settings), timeout or settings.chroma_timeout_seconds)
+        try:
+            version = str(transport.call("GET", "/version", f"connecting to {address}"))
+            checks = transport.call("GET", "/pre-flight-checks", f"connecting to {address}")
+            tenant = settings.chroma_tenant
+            transport.call("GET", Transport.path("tenants", tenant), f"opening tenant {tenant!r} on {address}")
+            transport.call("GET", Transport.path("tenants", tenant, "databases", database),
+                           f"opening database {database!r} of tenant {tenant!r} on {address}")
+        except BaseException:
+            transport.close()
+            raise
+        return cls(transport, tenant, database, address, version, int(checks.get("max_batch_size") or 0) or 1000,
+                   bool(checks.get("supports_base64_encoding")))
 
-    def clone(self) -> "ChromaStore":
-        """Another client to the same server and database (one per reading thread: the server
-        answers concurrent reads in parallel)."""
-        return self._reconnect()
+    def close(self) -> None:
+        self.transport.close()
+
+    def _path(self, *parts: str) -> str:
+        return Transport.path("tenants", self.tenant, "databases", self.database, "collections", *parts)
 
     # -- server ---------------------------------------------------------------------------------
 
@@ -218,41 +216,47 @@ class ChromaStore:
         return _version_tuple(self.server_version) < (1,)
 
     def heartbeat(self) -> int:
-        with _translated("heartbeat"):
-            return self.client.heartbeat()
+        return int(self.transport.call("GET", "/heartbeat", "heartbeat")["nanosecond heartbeat"])
 
     def max_batch_size(self) -> int:
-        if self._max_batch is None:
-            with _translated("reading the max batch size"):
-                self._max_batch = int(self.client.get_max_batch_size())
-        return self._max_batch
+        return self.max_batch
 
     def batch_size(self, wanted: int = 0) -> int:
         """Records per write: ``wanted`` (0 = as large as allowed) capped by the server's limits."""
-        limit = min(self.max_batch_size(), MAX_IDS_PER_GET)
+        limit = min(self.max_batch, MAX_IDS_PER_GET)
         return min(wanted, limit) if wanted > 0 else limit
 
-    def read_batch_size(self, wanted: int = 0) -> int:
+    def read_batch_size(self, wanted: int = 0, dimension: int | None = None) -> int:
         """Records per read: ``wanted``, or READ_BATCH when 0 (larger pages cost Chroma less CPU
-        and every reader more memory)."""
-        return self.batch_size(wanted or READ_BATCH)
+        and every reader more memory), within READ_BUDGET_BYTES of answer for ``dimension``."""
+        return min(self.batch_size(wanted or READ_BATCH), _records_within(READ_BUDGET_BYTES, dimension))
+
+    def readback_size(self, dimension: int | None) -> int:
+        """Records per read when a restore reads back what it wrote: a written batch in one
+        request (the read-back's cost to Chroma is per request), within READ_BUDGET_BYTES."""
+        return min(self.batch_size(), _records_within(READ_BUDGET_BYTES, dimension))
 
     def list_databases(self) -> list[str]:
         """Every database of this store's tenant."""
-        with _translated(f"listing the databases of tenant {self.tenant!r}"):
-            return sorted(d["name"] if isinstance(d, dict) else d.name
-                          for d in self.client._admin_client.list_databases(tenant=self.tenant))
+        path = Transport.path("tenants", self.tenant, "databases")
+        return sorted(d["name"] for d in self._pages(path, f"listing the databases of tenant {self.tenant!r}"))
 
     def list_collection_names(self) -> list[str]:
-        with _translated("listing collections"):
-            collections = self.client.list_collections()
-        return sorted(c if isinstance(c, str) else c.name for c in collections)
+        return sorted(c["name"] for c in self._pages(self._path(), "listing collections"))
+
+    def _pages(self, path: str, what: str) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = self.transport.call("GET", path, what, params={"limit": LIST_PAGE, "offset": offset})
+            yield from page
+            if len(page) < LIST_PAGE:
+                return
+            offset += len(page)
 
     # -- collections ----------------------------------------------------------------------------
 
-    def open(self, name: str) -> Any:
-        with _translated(f"opening collection {name!r}"):
-            return self.client.get_collection(name, embedding_function=None)
+    def open(self, name: str) -> Collection:
+        return Collection.from_model(self.transport.call("GET", self._path(name), f"opening collection {name!r}"))
 
     def exists(self, name: str) -> bool:
         try:
@@ -261,183 +265,253 @@ class ChromaStore:
         except CollectionNotFound:
             return False
 
-    def describe(self, collection: Any) -> CollectionInfo:
-        model = getattr(collection, "_model", None)
-        schema = getattr(model, "serialized_schema", None) if model is not None else None
-        config = getattr(model, "configuration_json", None) if model is not None else None
-        if config is None:
-            config = getattr(collection, "configuration_json", None)
-        dimension = getattr(model, "dimension", None) if model is not None else None
-        return CollectionInfo(
-            id=str(collection.id),
-            name=collection.name,
-            metadata=dict(collection.metadata) if collection.metadata else None,
-            configuration_json=_json_safe(config),
-            schema_json=_json_safe(schema),
-            dimension=dimension,
-            server_version=self.server_version,
-        )
+    def describe(self, collection: Collection) -> CollectionInfo:
+        return CollectionInfo(id=collection.id, name=collection.name, metadata=collection.metadata,
+                              configuration_json=collection.configuration_json, schema_json=collection.schema_json,
+                              dimension=collection.dimension, server_version=self.server_version)
 
-    def configured_params(self, collection: Any) -> dict[str, Any]:
-        """The index parameters a 1.x server's configuration says are in force (None on 0.x)."""
-        if self.legacy:
-            return {}
-        return index_params(None, self.describe(collection).configuration_json)
+    def creation_plans(self, info: CollectionInfo) -> list[str]:
+        """The ways to ask this server for a copy of ``info``'s collection, best first."""
+        return creation_plans(info, legacy_server=self.legacy)
 
-    def create(self, name: str, info: CollectionInfo) -> Any:
-        """Create ``name`` with the saved schema/configuration and metadata of ``info``."""
-        metadata = dict(info.metadata) if info.metadata else None
-        kwargs: dict[str, Any] = {"embedding_function": None}
-        params = info.index_params
-        if self.legacy:
-            # 0.6.x servers reject configuration=...: the legacy metadata keys carry the index.
-            metadata = dict(metadata or {})
-            for legacy_key, key in LEGACY_HNSW_KEYS.items():
-                if key in params:
-                    metadata[legacy_key] = params[key]
-        elif info.schema_json and not _has_legacy_keys(info.metadata):
-            from chromadb.api.types import Schema
+    def create(self, name: str, info: CollectionInfo, plan: str = PLAN_CLIENT) -> Collection:
+        """Create ``name`` from the saved form of ``info`` as ``plan`` says (``creation_plans``)."""
+        metadata, configuration, schema = _creation_body(info, plan, legacy_server=self.legacy)
+        body = {"name": name, "metadata": metadata, "configuration": configuration, "schema": schema,
+                "get_or_create": False}
+        what = f"creating collection {name!r}" + ("" if plan == PLAN_CLIENT else f" from the saved {plan}")
+        return Collection.from_model(self.transport.call("POST", self._path(), what, body=body))
 
-            kwargs["schema"] = Schema.deserialize_from_json(info.schema_json)
-        elif not _has_legacy_keys(info.metadata):
-            hnsw = {key: params[key] for key in HNSW_KEYS if key in params}
-            kwargs["configuration"] = {"hnsw": hnsw}
-        with _translated(f"creating collection {name!r}"):
-            return self.client.create_collection(name, metadata=metadata or None, **kwargs)
-
-    def rename(self, collection: Any, new_name: str) -> None:
-        with _translated(f"renaming collection {collection.name!r} to {new_name!r}"):
-            collection.modify(name=new_name)
+    def rename(self, collection: Collection, new_name: str) -> None:
+        self.transport.call("PUT", self._path(collection.id), f"renaming collection {collection.name!r} to "
+                            f"{new_name!r}", body={"new_name": new_name, "new_metadata": None})
 
     def delete(self, name: str) -> None:
-        with _translated(f"deleting collection {name!r}"):
-            self.client.delete_collection(name)
+        self.transport.call("DELETE", self._path(name), f"deleting collection {name!r}")
 
     # -- records --------------------------------------------------------------------------------
 
-    def count(self, collection: Any) -> int:
-        with _translated(f"counting {collection.name!r}"):
-            return int(collection.count())
+    def count(self, collection: Collection) -> int:
+        return int(self.transport.call("GET", self._path(collection.id, "count"), f"counting {collection.name!r}"))
 
-    def list_ids(self, collection: Any) -> list[str]:
+    def list_ids(self, collection: Collection) -> list[str]:
         """Every id as one list (small collections and tests; backups stream ``iter_ids``)."""
         return [record_id for page in self.iter_ids(collection) for record_id in page]
 
-    def iter_ids(self, collection: Any) -> Iterator[list[str]]:
+    def iter_ids(self, collection: Collection) -> Iterator[list[str]]:
         """Every id of the collection from one ``get(include=[])`` request (the consistent
-        enumeration a backup reads by), parsed as the response arrives and handed out as it
+        enumeration a backup reads by), parsed as the answer arrives and handed out as it
         completes: memory stays flat however large the collection (``idstream``)."""
-        url, body = self._get_request(collection, None, [])
-        return _streamed_ids(self.client._server, url, body, f"listing ids of {collection.name!r}")
+        what = f"listing ids of {collection.name!r}"
+        parser = IdStreamParser()
+        with self.transport.stream("POST", self._path(collection.id, "get"), what, body=_get_body(None, [])) as texts:
+            try:
+                for text in texts:
+                    ids = parser.feed(text)
+                    if ids:
+                        yield ids
+                parser.close()
+            except MalformedListing as error:
+                raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
 
-    def _get_request(self, collection: Any, ids: list[str] | None, include: list[str]) -> tuple[str, str]:
-        """URL and body of a ``get`` posted through the chromadb client's own HTTP session (its
-        headers, timeout and transient-status hook), for answers we decode ourselves."""
-        path = f"/tenants/{self.tenant}/databases/{self.database}/collections/{collection.id}/get"
-        body = json.dumps({"ids": ids, "where": None, "limit": None, "offset": None, "where_document": None,
-                           "include": include})
-        return self.client._server._api_url + urllib.parse.quote(path, safe="/"), body
-
-    def fetch(self, collection: Any, ids: list[str]) -> RecordBatch:
-        """The full records for ``ids`` (missing ids are skipped; order is the server's).
-
-        Posted through the chromadb client's session like ``iter_ids``, and decoded by ``wire``
-        (vectors straight to float32) instead of the client's float-by-float decoding."""
+    def fetch(self, collection: Collection, ids: list[str]) -> RecordBatch:
+        """The full records for ``ids`` (missing ids are skipped; order is the server's), decoded
+        by ``wire`` (vectors straight to float32)."""
         what = f"reading records of {collection.name!r}"
-        server = self.client._server
-        url, body = self._get_request(collection, ids, INCLUDE_ALL)
-        with _translated(what):
-            response = server._session.post(url, content=body)
-            server._raise_chroma_error(response)
+        body = self.transport.fetch("POST", self._path(collection.id, "get"), what, body=_get_body(ids, INCLUDE_ALL))
         try:
-            return decode_get(response.content)
+            return decode_get(body)
         except MalformedAnswer as error:
             raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
 
-    def add(self, collection: Any, batch: RecordBatch) -> None:
-        if not len(batch):
-            return
-        if self.legacy:
-            _refuse_lists(batch)
-        documents = batch.documents if any(d is not None for d in batch.documents) else None
-        metadatas = [_chroma_metadata(m) for m in batch.metadatas]
-        uris = batch.uris if any(u is not None for u in batch.uris) else None
-        with _translated(f"adding records to {collection.name!r}"):
-            collection.add(
-                ids=batch.ids,
-                embeddings=batch.embeddings,
-                documents=documents,
-                metadatas=metadatas if any(m is not None for m in metadatas) else None,
-                uris=uris,
-            )
+    def add(self, collection: Collection, batch: RecordBatch) -> None:
+        """Write ``batch`` in requests of at most ``write_budget`` bytes (and the server's batch
+        size).  A request the server still refuses as too large (HTTP 413) is halved and the
+        budget with it, for the rest of this store's life; nothing of a refused request was
+        written."""
+        if len(batch):
+            if self.legacy:
+                _refuse_lists(batch)
+            _write_within_budget(self, collection, batch, "add")
 
-    def upsert(self, collection: Any, batch: RecordBatch) -> None:
+    def upsert(self, collection: Collection, batch: RecordBatch) -> None:
         """Insert or replace records (the demo changes records with it)."""
-        with _translated(f"upserting records into {collection.name!r}"):
-            collection.upsert(ids=batch.ids, embeddings=batch.embeddings, documents=batch.documents,
-                              metadatas=[_chroma_metadata(m) for m in batch.metadatas])
+        if len(batch):
+            _write_within_budget(self, collection, batch, "upsert")
 
-    def delete_records(self, collection: Any, ids: list[str]) -> None:
-        with _translated(f"deleting records from {collection.name!r}"):
-            collection.delete(ids=ids)
+    def write(self, collection: Collection, batch: RecordBatch, verb: str) -> None:
+        """One ``add`` or ``upsert`` request of ``batch`` (``add`` sizes the requests)."""
+        body = write_body(batch, self.base64)
+        what = f"adding records to {collection.name!r}" if verb == "add" else \
+            f"upserting records into {collection.name!r}"
+        self.transport.call("POST", self._path(collection.id, verb), what, body=body)
 
-    def query(self, collection: Any, embeddings: np.ndarray, n_results: int) -> tuple[list[list[str]], list[list[float]]]:
-        """Nearest ids and distances for each query embedding (never query_texts)."""
-        with _translated(f"querying {collection.name!r}"):
-            result = collection.query(query_embeddings=embeddings, n_results=n_results, include=["distances"])
+    def delete_records(self, collection: Collection, ids: list[str]) -> None:
+        self.transport.call("POST", self._path(collection.id, "delete"), f"deleting records from {collection.name!r}",
+                            body={"ids": ids, "where": None, "where_document": None})
+
+    def query(self, collection: Collection, embeddings: np.ndarray,
+              n_results: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Nearest ids and distances for each query embedding (never query texts)."""
+        body = {"ids": None, "query_embeddings": np.asarray(embeddings, dtype=np.float32).tolist(),
+                "n_results": n_results, "where": None, "where_document": None, "include": ["distances"]}
+        result = self.transport.call("POST", self._path(collection.id, "query"), f"querying {collection.name!r}",
+                                     body=body)
         return [list(ids) for ids in result["ids"]], [list(d) for d in result["distances"]]
 
-    def ids_at(self, collection: Any, offsets: list[int]) -> list[str]:
+    def ids_at(self, collection: Collection, offsets: list[int]) -> list[str]:
         """The ids at these positions of the collection's storage order (a random probe sample)."""
         ids: list[str] = []
-        with _translated(f"listing ids of {collection.name!r}"):
-            for offset in offsets:
-                ids.extend(collection.get(limit=1, offset=offset, include=[])["ids"])
+        for offset in offsets:
+            body = {**_get_body(None, []), "limit": 1, "offset": offset}
+            ids.extend(self.transport.call("POST", self._path(collection.id, "get"),
+                                           f"listing ids of {collection.name!r}", body=body)["ids"])
         return list(dict.fromkeys(ids))
 
-    def existing_ids(self, collection: Any, ids: list[str]) -> list[str]:
+    def existing_ids(self, collection: Collection, ids: list[str]) -> list[str]:
         """Which of ``ids`` exist (no content read)."""
-        with _translated(f"looking up ids in {collection.name!r}"):
-            return list(collection.get(ids=ids, include=[])["ids"])
+        return list(self.transport.call("POST", self._path(collection.id, "get"),
+                                        f"looking up ids in {collection.name!r}", body=_get_body(ids, []))["ids"])
 
 
-def _streamed_ids(server: Any, url: str, body: str, what: str) -> Iterator[list[str]]:
-    """POST an id-only ``get`` and parse the body as it streams in."""
-    parser = IdStreamParser()
-    with _translated(what), server._session.stream("POST", url, content=body) as response:
-        if response.status_code >= 400:
-            response.read()
-            server._raise_chroma_error(response)
+def _get_body(ids: list[str] | None, include: list[str]) -> dict[str, Any]:
+    return {"ids": ids, "where": None, "limit": None, "offset": None, "where_document": None, "include": include}
+
+
+def write_body(batch: RecordBatch, base64: bool) -> dict[str, Any]:
+    """The JSON body of an ``add`` or ``upsert`` of ``batch``."""
+    return {"ids": batch.ids, "embeddings": _wire_embeddings(batch.embeddings, base64),
+            "metadatas": _column([_wire_metadata(m) for m in batch.metadatas]),
+            "documents": _column(batch.documents), "uris": _column(batch.uris)}
+
+
+def _column(values: list[Any]) -> list[Any] | None:
+    """A column of an add, or None when no record has a value in it."""
+    return values if any(v is not None for v in values) else None
+
+
+def _wire_embeddings(embeddings: np.ndarray, encode: bool) -> list[Any]:
+    """Vectors as the server takes them: base64 of little-endian float32 (1.x), or JSON numbers."""
+    vectors = np.ascontiguousarray(embeddings, dtype="<f4")
+    if encode:
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
+    return vectors.tolist()
+
+
+def _creation_body(info: CollectionInfo, plan: str, *, legacy_server: bool) -> tuple[Any, Any, Any]:
+    """Metadata, configuration and schema of a create request for ``plan``: the saved JSON as
+    read for the configuration and schema plans; the client's own form otherwise (legacy metadata
+    keys on a 0.x server, which rejects a configuration; the HNSW parameters as a configuration
+    on 1.x unless the metadata keys carry them)."""
+    metadata = dict(info.metadata) if info.metadata else None
+    if plan == PLAN_CONFIGURATION:
+        return metadata, info.configuration_json, None
+    if plan == PLAN_SCHEMA:
+        return metadata, None, info.schema_json
+    params = info.index_params
+    if legacy_server:
+        metadata = dict(metadata or {})
+        metadata.update({legacy_key: params[key] for legacy_key, key in LEGACY_HNSW_KEYS.items() if key in params})
+        return metadata or None, None, None
+    if _has_legacy_keys(info.metadata):
+        return metadata, None, None
+    hnsw = {key: params[key] for key in HNSW_KEYS if key in params}
+    return metadata, {"hnsw": hnsw, "spann": None, "embedding_function": {"type": "legacy"}}, None
+
+
+def _write_within_budget(store: ChromaStore, collection: Collection, batch: RecordBatch, verb: str) -> None:
+    pending = deque(_split_by_bytes(batch, store.write_budget, store.base64, store.batch_size()))
+    while pending:
+        part = pending.popleft()
         try:
-            for text in response.iter_text():
-                ids = parser.feed(text)
-                if ids:
-                    yield ids
-            parser.close()
-        except MalformedListing as error:
-            raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
+            store.write(collection, part, verb)
+        except RequestTooLarge as error:
+            if len(part) == 1:
+                raise ChromaFailure(f"{first_line(error)}: record {part.ids[0]!r} alone is larger than the "
+                                    "server accepts; raise its max_payload_size_bytes") from None
+            size = request_bytes(part, store.base64)
+            store.write_budget = max(1, min(store.write_budget, size) // 2)
+            log.warning("chroma refused a write of %d records (~%d bytes) as too large; writing at most %d bytes "
+                        "per request from now on", len(part), size, store.write_budget)
+            half = len(part) // 2
+            pending.extendleft([part.slice(half, len(part)), part.slice(0, half)])
 
 
-def _http_client(settings: Settings, host: str, port: int, ssl: bool, database: str, timeout: float,
-                 address: str) -> tuple[Any, str]:
-    """A chromadb HttpClient with a request timeout and transient-status hook, and the server's
-    version."""
-    import chromadb
-    from chromadb.config import Settings as ChromaSettings
+def creation_plans(info: CollectionInfo, *, legacy_server: bool) -> list[str]:
+    """The ways to ask a server (``legacy_server``: 0.x) for a copy of ``info``'s collection, best
+    first (the domain tries them in order and keeps the first whose configuration and schema read
+    back equal).
 
-    try:
-        with _translated(f"connecting to {address}"):
-            client = chromadb.HttpClient(
-                host=host, port=port, ssl=ssl, headers=_auth_headers(settings),
-                settings=ChromaSettings(anonymized_telemetry=False), tenant=settings.chroma_tenant, database=database,
-            )
-            # chromadb's HTTP session has no timeout at all; a hung server would hang us.
-            session = client._server._session
-            session.timeout = httpx.Timeout(timeout)
-            session.event_hooks["response"].append(_raise_unavailable)
-            return client, str(client.get_version())
-    except ValueError as error:  # chromadb's "Could not connect to a Chroma server"
-        raise ChromaUnavailable(f"Chroma unreachable at {address}: {first_line(error)}") from error
+    The rule, from Chroma 1.5.9's create (``Schema::reconcile_schema_and_config``): a request
+    carrying a schema and a configuration that are both non-default is refused; a default
+    configuration next to a non-default schema is ignored (its embedding function too); a
+    schema the server counts as default (no metadata keys, default indexes) is replaced by its
+    own default, which drops a declared embedding function; collection metadata with legacy
+    ``hnsw:*`` keys counts as a configuration.  So:
+
+    - a schema with per-key entries (records with metadata arrived, or indexes were declared)
+      is sent as the schema alone: the server keeps it as it is, embedding function included;
+    - otherwise (and always with legacy ``hnsw:*`` metadata, which a schema would conflict
+      with) the configuration alone, exactly as read: its embedding function entry (null,
+      ``legacy`` or a known function) and HNSW parameters are kept, and the schema's per-key
+      entries grow again as the records arrive;
+    - last, the client's form (a snapshot whose saved form this server does not take, e.g. one
+      written by another server version).
+    Saved JSON is sent as read, never through chromadb's Schema classes: their
+    ``deserialize_from_json`` fills in ``DefaultEmbeddingFunction`` where a schema has none.
+    """
+    if legacy_server or info.legacy:
+        return [PLAN_CLIENT]
+    if _has_legacy_keys(info.metadata) and index_params(None, info.configuration_json) != info.index_params:
+        # Made by 0.6.x and opened by 1.x: the configuration says l2 where the metadata keys
+        # rule; only the metadata keys (the client's form) give the copy the space in force.
+        return [PLAN_CLIENT]
+    schema_keys = set(((info.schema_json or {}).get("keys") or {})) - set(SCHEMA_OWN_KEYS)
+    plans = [PLAN_SCHEMA, PLAN_CONFIGURATION] if schema_keys and not _has_legacy_keys(info.metadata) \
+        else [PLAN_CONFIGURATION, PLAN_SCHEMA]
+    available = {PLAN_SCHEMA: info.schema_json is not None, PLAN_CONFIGURATION: info.configuration_json is not None}
+    return [plan for plan in plans if available[plan]] + [PLAN_CLIENT]
+
+
+def _records_within(budget: int, dimension: int | None) -> int:
+    """How many records with vectors of ``dimension`` fit a get answer of ``budget`` bytes."""
+    if not dimension:
+        return MAX_IDS_PER_GET
+    return max(1, budget // (dimension * JSON_FLOAT_BYTES + 256))
+
+
+# The transport writes compact UTF-8 JSON (``chroma_http.encode``); a body's fixed frame (its
+# keys and nulls) and each record's separators on top of its fields.
+_BODY_FRAME = 128
+_RECORD_FRAME = 8
+
+
+def request_bytes(batch: RecordBatch, base64: bool) -> int:
+    """The size of an ``add`` of ``batch`` as the transport sends it: vectors base64-encoded (4
+    bytes per component, 4/3 for the encoding) or as JSON numbers (at most 25 bytes each), and the
+    text fields as their JSON."""
+    return _BODY_FRAME + sum(_record_bytes(batch, i, base64) for i in range(len(batch)))
+
+
+def _record_bytes(batch: RecordBatch, i: int, base64: bool) -> int:
+    dim = batch.embeddings.shape[1] if batch.embeddings.ndim == 2 else 0
+    vector = (dim * 4 + 2) // 3 * 4 + 3 if base64 else dim * 25 + 2
+    fields = [batch.ids[i], batch.documents[i], _wire_metadata(batch.metadatas[i]), batch.uris[i]]
+    return vector + len(encode(fields)) + _RECORD_FRAME
+
+
+def _split_by_bytes(batch: RecordBatch, budget: int, base64: bool, most: int) -> list[RecordBatch]:
+    """``batch`` cut into consecutive parts of at most ``most`` records whose estimated request
+    size stays within ``budget`` (a record larger than the budget goes alone)."""
+    parts, start, size = [], 0, _BODY_FRAME
+    for i in range(len(batch)):
+        record = _record_bytes(batch, i, base64)
+        if i > start and (size + record > budget or i - start >= most):
+            parts.append(batch.slice(start, i))
+            start, size = i, _BODY_FRAME
+        size += record
+    parts.append(batch.slice(start, len(batch)))
+    return parts
 
 
 def _auth_headers(settings: Settings) -> dict[str, str]:

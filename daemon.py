@@ -31,7 +31,7 @@ import schedule
 from errors import Interrupted
 from jobs import Backend, Operations
 from metrics import Metrics
-from states import COMPLETE, FAILED, RESTORED
+from states import COMPLETE, FAILED, RECOVERED_INTO, RESTORED
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class Daemon:
     def health_job(self) -> None:
         for report in self.health_ops.health_round(restore=self.settings.auto_restore):
             self.metrics.health_status(report.collection, report.verdict.status)
+            if report.verdict.status == RECOVERED_INTO:
+                self.metrics.forget_backups(report.collection)
             recovery = report.recovery
             if recovery is not None and recovery.action in (RESTORED, FAILED):
                 self.metrics.restore(report.collection, "ok" if recovery.action == RESTORED else "failed")

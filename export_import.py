@@ -14,15 +14,15 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from chroma import ChromaStore, CollectionInfo
+from chroma import ChromaStore, CollectionInfo, index_params
 from db import Chunk, Database, IdListing, Snapshot
-from errors import (BackupError, CollectionBusy, CollectionExists, Interrupted,
+from errors import (BackupError, ChromaFailure, CollectionBusy, CollectionExists, Interrupted,
                     SnapshotNotFound, SwapFailed, VerificationFailed, first_line)
 from states import COMPLETE, FAILED, TRIGGER_CLI
 from records import ContentDigest, RecordBatch, batch_rows, decode_metadata, encode_metadata
@@ -108,19 +108,13 @@ def _chunks(pairs: list[tuple[str, Any]], size: int) -> Iterator[list[tuple[str,
 def read_batches(chroma: ChromaStore, collection: Any, chunks: Iterable[Chunk],
                  workers: int = 1) -> Iterator[tuple[Chunk, RecordBatch]]:
     """Each chunk of (id, expected digest) with its records as read from Chroma (ids gone
-    meanwhile are absent from the batch), in order, read ahead by ``workers`` concurrent clients
-    (one each).  The chunks are drawn in the caller's thread (they may come from the caller's
-    database cursor); at most ``workers`` + 1 batches are in memory."""
-    local = threading.local()
+    meanwhile are absent from the batch), in order, read ahead by ``workers`` concurrent
+    requests (the store's connection pool serves every thread).  The chunks are drawn in the
+    caller's thread (they may come from the caller's database cursor); at most ``workers`` + 1
+    batches are in memory."""
 
     def fetch(chunk: Chunk) -> RecordBatch:
-        ids = [record_id for record_id, _ in chunk]
-        if workers <= 1:
-            return chroma.fetch(collection, ids)
-        if not hasattr(local, "store"):
-            local.store = chroma.clone()
-            local.collection = local.store.open(collection.name)
-        return local.store.fetch(local.collection, ids)
+        return chroma.fetch(collection, [record_id for record_id, _ in chunk])
 
     pending: deque = deque()
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chroma-read") as pool:
@@ -191,7 +185,7 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
         # snapshot's transaction (and sees the previous snapshot as it was).
         lookup_db = db.sibling() if info.space == "cosine" else None
         try:
-            size = chroma.read_batch_size(batch_size)
+            size = chroma.read_batch_size(batch_size, info.dimension)
             content = ContentDigest()
             added = updated = 0
             dimension: int | None = None
@@ -355,7 +349,7 @@ def _known(chunks: Iterable[Chunk], result: Comparison) -> Iterator[Chunk]:
 
 def compare_collection(chroma: ChromaStore, collection: Any, listing: IdListing, *,
                        space: str = "l2", load_stored: StoredLoader | None = None, batch_size: int = 0,
-                       read_workers: int = 1, progress: Progress | None = None,
+                       read_workers: int = 1, dimension: int | None = None, progress: Progress | None = None,
                        stop: threading.Event | None = None) -> Comparison:
     """Record-by-record comparison of a live collection with the stored versions ``listing``
     stands for.  The ids are listed into PostgreSQL and read back joined with their stored
@@ -368,7 +362,7 @@ def compare_collection(chroma: ChromaStore, collection: Any, listing: IdListing,
     progress = progress or _no_progress
     result = Comparison(live=listing.load(chroma.iter_ids(collection)), expected=listing.stored_count())
     content = ContentDigest()
-    size = chroma.read_batch_size(batch_size)
+    size = chroma.read_batch_size(batch_size, dimension)
     loader = load_stored if space == "cosine" else None
     for chunk, batch in read_batches(chroma, collection, _known(listing.chunks(size), result), read_workers):
         _check_stop(stop, "verify")
@@ -394,8 +388,9 @@ class _ReadBackVerifier:
     then counts the collection to catch records nobody wrote.  Holds no per-record state."""
 
     def __init__(self, chroma: ChromaStore, collection: Any, load_stored: StoredLoader | None,
-                 read_workers: int = 1):
+                 read_workers: int = 1, dimension: int | None = None):
         self.chroma = chroma
+        self.dimension = dimension
         self.read_workers = read_workers
         self.collection = collection
         self.load_stored = load_stored
@@ -407,7 +402,7 @@ class _ReadBackVerifier:
         self.thread.start()
 
     def _run(self) -> None:
-        size = self.chroma.batch_size()  # a written batch is at most this: one request each
+        size = self.chroma.readback_size(self.dimension)  # a written batch in one request, if it fits
         while True:
             chunk = self.pending.get()
             if chunk is None:
@@ -560,7 +555,8 @@ def verify_collection(chroma: ChromaStore, db: Database, name: str, *, snapshot_
         with db.records.listing(snapshot.collection_ref, snapshot.snapshot_id) as listing:
             comparison = compare_collection(chroma, collection, listing, space=info.space,
                                             load_stored=_stored_loader(lookup_db, snapshot) if lookup_db else None,
-                                            read_workers=read_workers, progress=progress)
+                                            read_workers=read_workers, dimension=info.dimension,
+                                            progress=progress)
     finally:
         if lookup_db is not None:
             lookup_db.close()
@@ -593,11 +589,66 @@ class RestoreResult:
     restore_id: int | None = None
     rounded: int = 0  # cosine space: records whose vectors Chroma re-rounded (see COSINE_ULP_TOLERANCE)
     replaced_kept: str | None = None  # the replaced target's name when it was kept (or not deletable)
+    # Records identical is what ``verified`` says; ``exact`` adds the configuration and schema
+    # equal key by key, and ``differences`` names every key that is not (the copy is kept).
+    exact: bool = False
+    differences: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 3)
         return data
+
+
+def create_exact(chroma: ChromaStore, name: str, info: CollectionInfo) -> Any:
+    """Create ``name`` as a copy of the collection ``info`` describes, trying the server's
+    creation plans in order (``ChromaStore.creation_plans`` says why that order) and keeping the
+    first whose configuration and schema read back equal to the saved ones, as far as they can be
+    before any record is in.  When none does, the plan with the fewest differences is used: the
+    records are what make a restore usable, and the differences are reported once they are in."""
+    tried: list[tuple[int, int, str]] = []
+    refused: BackupError | None = None
+    for order, plan in enumerate(chroma.creation_plans(info)):
+        try:
+            collection = chroma.create(name, info, plan)
+        except ChromaFailure as error:  # this server does not take the saved form: the next plan
+            log.debug("restore create=%s plan=%s refused: %s", name, plan, first_line(error))
+            refused = error
+            continue
+        differences = copy_differences(info, chroma.describe(collection), before_records=True)
+        if not differences:
+            return collection
+        log.debug("restore create=%s plan=%s differs: %s", name, plan, "; ".join(differences))
+        tried.append((len(differences), order, plan))
+        chroma.delete(name)
+    if not tried:
+        assert refused is not None
+        raise refused
+    return chroma.create(name, info, min(tried)[2])
+
+
+def copy_differences(expected: CollectionInfo, copy: CollectionInfo, *, before_records: bool = False) -> list[str]:
+    """What differs between a saved collection and a copy a restore made of it: everything
+    ``collection_differences`` compares, and the index parameters the copy's server reports in
+    force (a 1.x configuration; legacy ``hnsw:*`` metadata must not hide a wrong space).
+
+    ``before_records``: the copy was just created, so a per-key schema entry it lacks is not a
+    difference when it is the one a record with that metadata key creates (the defaults for its
+    value types): it arrives with the records."""
+    schema = expected.schema_json
+    if before_records and schema and copy.schema_json is not None:
+        keys = dict(schema.get("keys") or {})
+        defaults = schema.get("defaults") or {}
+        for key, types in list(keys.items()):
+            if key not in (copy.schema_json.get("keys") or {}) and isinstance(types, dict) \
+                    and all(defaults.get(kind) == entry for kind, entry in types.items()):
+                del keys[key]
+        expected = replace(expected, schema_json={**schema, "keys": keys})
+    differences = collection_differences(expected, copy)
+    if not copy.legacy:
+        in_force = index_params(None, copy.configuration_json)
+        differences += [d for d in _index_differences(expected.index_params, in_force) if d not in differences]
+    return differences
 
 
 def temporary_name(target: str, snapshot_id: int) -> str:
@@ -648,16 +699,15 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
         try:
             if chroma.exists(building):  # left behind by a killed restore: ours by its name
                 chroma.delete(building)
-            collection = chroma.create(building, info)
+            collection = create_exact(chroma, building, info)
             created = True
-            differences = collection_differences(info, chroma.describe(collection))
-            configured = chroma.configured_params(collection)  # 1.x: what the server itself reports
-            if configured:
-                differences += _index_differences(info.index_params, configured)
-            if differences:
-                raise VerificationFailed("re-created collection differs from the snapshot: " + "; ".join(differences))
             comparison, written = _fill_and_verify(chroma, db, snapshot, info, collection, batch_size, read_workers,
                                                    progress, stop)
+            # Judged once the records are in: the schema's per-key entries grow as they arrive.
+            differences = copy_differences(info, chroma.describe(chroma.open(building)))
+            if differences:
+                log.warning("restore collection=%s snapshot=%d target=%s records=identical configuration=differs "
+                            "differences=%s", name, snapshot.snapshot_id, target, "; ".join(differences))
             if exists:
                 created = False  # from here on the verified copy is never deleted
                 result.replaced_kept = _swap_into_place(chroma, db, restore_id, collection, target, keep_replaced)
@@ -679,7 +729,9 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                 log.error("restore %d could not be recorded as failed: %s", restore_id, second)
             raise
         db.restores.finish_restore(restore_id, status=COMPLETE, records=written, verified=True,
-                          target_collection_id=target_id)
+                                   target_collection_id=target_id, differences=differences)
+    result.differences = differences
+    result.exact = not differences
     result.rounded = comparison.rounded
     result.records = written
     result.verified = True
@@ -697,7 +749,7 @@ def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info
     # busy streaming the snapshot.
     lookup_db = db.sibling() if info.space == "cosine" else None
     verifier = _ReadBackVerifier(chroma, collection, _stored_loader(lookup_db, snapshot) if lookup_db else None,
-                                 read_workers)
+                                 read_workers, snapshot.dimension)
     try:
         for batch in prefetch(db.records.iter_snapshot_records(snapshot.collection_ref, snapshot.snapshot_id, size)):
             _check_stop(stop, "restore")

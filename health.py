@@ -30,7 +30,7 @@ from chroma import ChromaStore
 from db import Database
 from errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, first_line
 from records import RecordBatch, concat_batches
-from states import CORRUPT, MISSING, OK, SHRUNK, UNREACHABLE
+from states import CORRUPT, HEALTHY, MISSING, OK, RECOVERED_INTO, SHRUNK, UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class HealthVerdict:
 
     @property
     def ok(self) -> bool:
-        return self.status == OK
+        """Nothing for an operator to do (``ok``, or ``recovered`` into another collection)."""
+        return self.status in HEALTHY
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -186,6 +187,21 @@ def _sample(chroma: ChromaStore, db: Database, collection: Any, ref: int | None,
     return batch
 
 
+def _recovered_into(chroma: ChromaStore, db: Database, ref: int) -> str | None:
+    """Where a missing collection's data is now: the newest verified restore of it made on this
+    server and database since the collection was found missing, into a collection that still
+    exists (the one that restore created).  None when there is none (it is ``missing``)."""
+    for restore in db.restores.restores_since_missing(ref, chroma.address, chroma.database):
+        try:
+            live = chroma.open(restore["target"])
+        except CollectionNotFound:
+            continue
+        if restore["target_collection_id"] in (None, str(live.id)):
+            return (f"collection does not exist; recovered into {restore['target']} (restore {restore['restore_id']} "
+                    f"of snapshot {restore['source_snapshot_id']}, {restore['finished_at']:%Y-%m-%d %H:%M:%S} UTC)")
+    return None
+
+
 def check_collection_health(chroma: ChromaStore, db: Database, name: str, *, min_ratio: float,
                             sample_size: int, tenant: str | None = None,
                             database: str | None = None) -> HealthVerdict:
@@ -234,6 +250,9 @@ def check_collection_health(chroma: ChromaStore, db: Database, name: str, *, min
             return verdict(SHRUNK, f"{count} records, below {min_ratio:g} x {baseline.records} of snapshot "
                                    f"{baseline.snapshot_id}")
     except CollectionNotFound:
+        recovered = _recovered_into(chroma, db, ref) if ref is not None else None
+        if recovered is not None:
+            return verdict(RECOVERED_INTO, recovered)
         return verdict(MISSING, "collection does not exist")
     except ChromaUnavailable as error:
         return verdict(UNREACHABLE, f"{step}: {first_line(error)}")

@@ -20,7 +20,8 @@ from typing import Any, Callable, NamedTuple
 from config import Settings, validate_collection_name
 from errors import (BackupError, ChromaUnavailable, CollectionBusy, CollectionNotFound, Interrupted, UsageError,
                     VerificationFailed, unexpected)
-from states import COMPLETE, FAILED, MISSING, OK, RECOVERED, RESTORED, SHRUNK, TRIGGER_CLI, UNREACHABLE
+from states import (COMPLETE, FAILED, GONE, OK, RECOVERED, RECOVERED_INTO, RESTORED, SHRUNK, TRIGGER_CLI,
+                    UNREACHABLE)
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,11 @@ class Stores:
         database = database or self.settings.chroma_database
         if host is None and port is None and ssl is None and database in self._chromas:
             return self._chromas[database]
-        return self._retry(lambda: ChromaStore.connect(self.settings, host=host, port=port, ssl=ssl,
-                                                       timeout=self.chroma_timeout, database=database),
-                           "chroma connect")
+        store = self._retry(lambda: ChromaStore.connect(self.settings, host=host, port=port, ssl=ssl,
+                                                        timeout=self.chroma_timeout, database=database),
+                            "chroma connect")
+        self._stack.callback(store.close)  # its connection pool goes when these stores do
+        return store
 
     def close(self) -> None:
         self._stack.close()
@@ -307,7 +310,7 @@ class Rounds(Stores):
 
         chroma, db = self.chroma_for(where.database), self.db
         verdict = self.check(where)
-        if verdict.status == MISSING:
+        if verdict.status in GONE:
             raise CollectionNotFound(f"collection {where.name!r} does not exist")
         if verdict.status == UNREACHABLE:
             raise ChromaUnavailable(f"Chroma unreachable: {verdict.detail}")
@@ -334,7 +337,7 @@ class Rounds(Stores):
                                           sample_size=s.health_sample_size)
         # A collection seen for the first time gets its catalog row now, so its history starts here.
         ref = self.db.catalog.collection_ref(s.chroma_tenant, where.database, where.name,
-                                             create=verdict.status not in (MISSING, UNREACHABLE))
+                                             create=verdict.status not in (*GONE, UNREACHABLE))
         if ref is not None:
             self.db.verdicts.record_verdict(ref, verdict.status, verdict.detail, verdict.records, verdict.snapshot_id)
         return verdict
@@ -465,8 +468,10 @@ class Operations(Rounds):
             batch_size=s.batch_size, read_workers=s.read_workers, progress=progress, stop=self.stop)
         result.source = self.label(where)
         if not dry_run:
-            log.info("restore collection=%s snapshot=%d target=%s records=%d verified=%s seconds=%.2f",
-                     result.source, result.snapshot_id, target, result.records, result.verified, result.seconds)
+            log.log(logging.INFO if result.exact else logging.WARNING,
+                    "restore collection=%s snapshot=%d target=%s records=%d verified=%s exact=%s seconds=%.2f%s",
+                    result.source, result.snapshot_id, target, result.records, result.verified, result.exact,
+                    result.seconds, f" differences={'; '.join(result.differences)}" if result.differences else "")
         return result
 
     def verify(self, name: str | None, *, snapshot_id: int | None = None, target: str | None = None,
@@ -571,9 +576,15 @@ class Operations(Rounds):
     def last_success(self) -> dict[str, float]:
         """Unix time of each collection's newest complete snapshot (seeds the metrics at start)."""
         newest: dict[str, float] = {}
+        handled: set[str] = set()  # gone and recovered into another collection: no longer backed up
         for snap in self.snapshots():
             label = self.label(Where(snap.database, snap.collection))
-            if snap.status == COMPLETE and snap.finished_at and label not in newest:
+            if label in newest or label in handled or snap.status != COMPLETE or not snap.finished_at:
+                continue
+            latest = self.db.verdicts.latest(snap.collection_ref)
+            if latest is not None and latest["status"] == RECOVERED_INTO:
+                handled.add(label)
+            else:
                 newest[label] = snap.finished_at.timestamp()
         return newest
 

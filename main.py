@@ -192,6 +192,11 @@ def cmd_restore(args: argparse.Namespace, ops: Operations) -> int:
                 f"; the old one remains as {result.replaced_kept})" if result.replaced_kept else ")")
         print(f"restored snapshot {result.snapshot_id} of {name} into {target}: {result.records} records, "
               f"verified identical, {result.seconds:.1f}s{replaced}")
+    if result.differences:
+        # The copy is kept (its records are identical); its configuration is not exact.
+        print(f"error: {target} holds every record of snapshot {result.snapshot_id} identically, but its "
+              f"configuration differs from the snapshot: " + "; ".join(result.differences), file=sys.stderr)
+        return 1
     return 0
 
 

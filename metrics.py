@@ -38,6 +38,15 @@ class Metrics:
         for kind, value in (("added", added), ("updated", updated), ("deleted", deleted)):
             self.changes.labels(collection, kind).inc(value)
 
+    def forget_backups(self, collection: str) -> None:
+        """A collection gone and recovered into another one is no longer backed up: its backup
+        series go, so the stale-backup alert does not fire for a name that is handled."""
+        for gauge in (self.last_success, self.last_duration, self.records):
+            try:
+                gauge.remove(collection)
+            except KeyError:
+                pass
+
     def failure(self, collection: str, job: str) -> None:
         self.failures.labels(collection, job).inc()
 

@@ -35,6 +35,12 @@ class RecordBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def slice(self, start: int, stop: int) -> "RecordBatch":
+        """Records ``start`` to ``stop`` (a view of the same embeddings)."""
+        return RecordBatch(self.ids[start:stop], self.embeddings[start:stop], self.documents[start:stop],
+                           self.metadatas[start:stop], self.uris[start:stop],
+                           None if self.digests is None else self.digests[start:stop])
+
 
 _PLAIN_TYPES = (str, int, bool)
 

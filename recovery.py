@@ -97,8 +97,8 @@ def recover_collection(chroma: ChromaStore, db: Database, verdict: HealthVerdict
         kept = f"; the broken collection is kept as {result.replaced_kept}" if result.replaced_kept else ""
         log.info("recovery collection=%s action=restored in_place=true source=%s snapshot=%d records=%d%s",
                  name, source, snapshot.snapshot_id, result.records, kept)
-        return Recovery(name, RESTORED, f"restored snapshot {snapshot.snapshot_id} of {source} in place{kept}",
-                        name, snapshot.snapshot_id, result, in_place=True)
+        return Recovery(name, RESTORED, f"restored snapshot {snapshot.snapshot_id} of {source} in place{kept}"
+                        + _inexact(name, result), name, snapshot.snapshot_id, result, in_place=True)
     target = target_name(name)
     if chroma.exists(target):
         if _already_restored(chroma, db, name, target, snapshot.snapshot_id):
@@ -115,8 +115,19 @@ def recover_collection(chroma: ChromaStore, db: Database, verdict: HealthVerdict
                                        trigger=TRIGGER_AUTO, reason=reason, batch_size=batch_size, read_workers=read_workers, stop=stop)
     log.info("recovery collection=%s action=restored target=%s snapshot=%d records=%d verified=%s seconds=%.2f",
              name, target, snapshot.snapshot_id, result.records, result.verified, result.seconds)
-    return Recovery(name, RESTORED, f"restored snapshot {snapshot.snapshot_id} into {target}", target,
-                    snapshot.snapshot_id, result)
+    return Recovery(name, RESTORED, f"restored snapshot {snapshot.snapshot_id} into {target}" + _inexact(name, result),
+                    target, snapshot.snapshot_id, result)
+
+
+def _inexact(name: str, result: RestoreResult) -> str:
+    """The detail's tail for a kept copy whose configuration differs (logged as a WARNING): the
+    application needs the records more than a perfect configuration."""
+    if not result.differences:
+        return ""
+    differences = "; ".join(result.differences)
+    log.warning("recovery collection=%s target=%s kept: records identical, configuration differs: %s",
+                name, result.target, differences)
+    return f" (records identical; configuration differs: {differences})"
 
 
 def check_and_recover(check: Callable[[], HealthVerdict], recover: Callable[[HealthVerdict], Recovery], *,

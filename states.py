@@ -10,7 +10,13 @@ UNREACHABLE = "unreachable"
 MISSING = "missing"
 CORRUPT = "corrupt"
 SHRUNK = "shrunk"
-HEALTH_STATUSES = (OK, UNREACHABLE, MISSING, CORRUPT, SHRUNK)
+# Missing, but a verified restore made since it was last seen holds its data under another name:
+# handled, not an alarm (until the original comes back or leaves the selection).
+RECOVERED_INTO = "recovered"
+HEALTH_STATUSES = (OK, UNREACHABLE, MISSING, CORRUPT, SHRUNK, RECOVERED_INTO)
+HEALTHY = (OK, RECOVERED_INTO)  # nothing for an operator to do: exit 0, no alert
+GONE = (MISSING, RECOVERED_INTO)  # the collection does not exist: nothing to back up
+PRESENT = (OK, CORRUPT, SHRUNK)  # verdicts that saw the collection
 RESTORABLE = (MISSING, CORRUPT, SHRUNK)
 
 # Snapshot and restore run statuses (the catalog's CHECK constraints use the same words).

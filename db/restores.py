@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from db.catalog import Snapshot
-from db.session import Part
+from states import MISSING, PRESENT
+from db.session import Part, _jsonb
 
 
 class RestoreLog(Part):
@@ -70,23 +71,47 @@ class RestoreLog(Part):
             cur.execute(self.tables.fmt(
                 "SELECT r.restore_id, c.name AS collection, r.source_snapshot_id, r.target, r.target_server, "
                 "r.target_database, r.status, r.started_at, r.finished_at, r.records, r.verified, r.trigger, r.reason, "
-                "r.error FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
+                "r.error, r.differences FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
                 "ORDER BY r.restore_id DESC LIMIT %s"), (tenant, database, limit))
             return self.dicts(cur)
 
     def finish_restore(self, restore_id: int, *, status: str, records: int | None, verified: bool,
-                       error: str | None = None, target_collection_id: str | None = None) -> None:
+                       error: str | None = None, target_collection_id: str | None = None,
+                       differences: list[str] | None = None) -> None:
+        """``differences``: the configuration/schema keys in which a record-identical copy differs
+        from the snapshot (None or empty: exact)."""
         with self.transaction("recording the restore result") as cur:
             cur.execute(self.tables.fmt(
                 "UPDATE {rest} SET status = %s, finished_at = clock_timestamp(), records = %s, verified = %s, "
-                "error = %s, target_collection_id = %s WHERE restore_id = %s"
-            ), (status, records, verified, error[:2000] if error else None, target_collection_id, restore_id))
+                "error = %s, target_collection_id = %s, differences = %s WHERE restore_id = %s"
+            ), (status, records, verified, error[:2000] if error else None, target_collection_id,
+                _jsonb(differences or None), restore_id))
+
+    def restores_since_missing(self, collection_ref: int, target_server: str,
+                               target_database: str) -> list[dict[str, Any]]:
+        """Verified restores of a collection into another collection on that server and database,
+        begun after the collection was found missing (the first ``missing`` verdict since it was
+        last seen), newest first: where its data went once it was gone.  A copy made while the
+        collection was there (a drill, a migration) is not one of them."""
+        with self.transaction("finding restores since the collection went missing") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT r.restore_id, r.source_snapshot_id, r.target, r.target_collection_id, "
+                "r.finished_at AT TIME ZONE 'UTC' AS finished_at FROM {rest} r JOIN {coll} c USING (collection_ref) "
+                "WHERE r.collection_ref = %s AND r.status = 'complete' AND r.verified AND r.target_server = %s "
+                "AND coalesce(r.target_database, c.database) = %s AND r.target <> c.name "
+                "AND r.started_at > (SELECT min(h.checked_at) FROM {health} h WHERE h.collection_ref = %s "
+                "  AND h.status = %s AND h.checked_at > coalesce((SELECT max(p.checked_at) FROM {health} p "
+                "    WHERE p.collection_ref = %s AND p.status IN %s), '-infinity')) "
+                "ORDER BY r.restore_id DESC LIMIT 20"
+            ), (collection_ref, target_server, target_database, collection_ref, MISSING, collection_ref, PRESENT))
+            return self.dicts(cur)
 
     def list_restores(self, collection_ref: int, limit: int = 20) -> list[dict[str, Any]]:
         with self.transaction("listing restores") as cur:
             cur.execute(self.tables.fmt(
                 "SELECT restore_id, source_snapshot_id, target, target_server, target_collection_id, status, "
-                "started_at, finished_at, records, verified, trigger, reason, error FROM {rest} WHERE collection_ref = %s "
+                "started_at, finished_at, records, verified, trigger, reason, error, differences FROM {rest} "
+                "WHERE collection_ref = %s "
                 "ORDER BY restore_id DESC LIMIT %s"
             ), (collection_ref, limit))
             return self.dicts(cur)

@@ -111,6 +111,9 @@ def _migrations(tb: Tables) -> list[sql.Composed]:
             """,
             health_idx=tb.index("health_idx"),
         ),
+        # 3: a record-identical restore whose configuration or schema differs from the snapshot
+        # names every differing key.
+        tb.fmt("ALTER TABLE {rest} ADD COLUMN differences jsonb"),
     ]
 
 

@@ -165,6 +165,7 @@ def stores(settings):
     database.migrate()
     chroma = ChromaStore.connect(settings)
     yield chroma, database
+    chroma.close()
     database.close()
 
 
@@ -183,10 +184,12 @@ def name():
     return "c" + uuid.uuid4().hex[:10]
 
 
-def make_collection(client, name, n, dim=8, *, space="l2", seed=0, batch=5000, configuration=None, metadata=None):
-    """A collection of ``n`` records with random float32 embeddings, documents and metadata."""
+def make_collection(client, name, n, dim=8, *, space=None, seed=0, batch=5000, configuration=None, metadata=None):
+    """A collection of ``n`` records with random float32 embeddings, documents and typed metadata,
+    made the way applications make it: ``create_collection(name, embedding_function=None)``
+    unless a distance ``space`` (as a configuration) or an explicit ``configuration`` is asked for."""
     rng = np.random.default_rng(seed)
-    config = configuration or {"hnsw": {"space": space}}
+    config = configuration or ({"hnsw": {"space": space}} if space else None)
     col = client.create_collection(name, embedding_function=None, configuration=config, metadata=metadata)
     for start in range(0, n, batch):
         stop = min(n, start + batch)

@@ -137,7 +137,7 @@ def test_retry_stops_after_the_attempt_budget():
 
 
 def test_daemon_backs_up_on_schedule_and_recovers_a_deleted_collection(env, tmp_path, client, name, daemons):
-    make_collection(client, name, 1500, space="cosine")
+    make_collection(client, name, 1500)  # plain create_collection, records with metadata
     port = free_port()
     env = {key: value for key, value in env.items() if key != "HTTP_PORT"}  # METRICS_PORT, the old name
     secret_env = {**env, **FAST, "CHROMA_COLLECTION_NAME": name, "METRICS_PORT": str(port),
@@ -160,10 +160,13 @@ def test_daemon_backs_up_on_schedule_and_recovers_a_deleted_collection(env, tmp_
     verify = run_cli(["verify", "--collection", name, "--target", target, "--json"], env, cwd=tmp_path)
     assert verify.returncode == 0 and json.loads(verify.stdout)["identical"]
 
-    # the next checks see the restore is already there and do not restore again
-    wait_for(lambda: daemon.output().count("action=already_restored") >= 2, what="two more health checks")
+    # the next checks see where the data went and do not restore again, nor alarm
+    wait_for(lambda: daemon.output().count(f"collection={name} status=recovered") >= 2, what="two more health checks")
     restores = query(url, "SELECT trigger, status, verified FROM chroma_data_restores")
     assert restores == [("auto", "complete", True)]
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert f'chroma_backup_health_status{{collection="{name}",status="recovered"}} 1.0' in metrics
+    assert f'chroma_backup_last_success_timestamp_seconds{{collection="{name}"}}' not in metrics  # no stale alarm
 
     code, seconds = daemon.terminate()
     assert code == 0 and seconds < 10

@@ -85,9 +85,45 @@ def test_health_restore_exits_0_after_a_recovery_and_on_later_runs(env, tmp_path
     first = run_cli(["health", "--collection", name, "--restore"], {**env, **NO_CONFIRM}, cwd=tmp_path)
     assert first.returncode == 0 and "recovery: restored" in first.stdout
     again = run_cli(["health", "--collection", name, "--restore"], {**env, **NO_CONFIRM}, cwd=tmp_path)
-    assert again.returncode == 0 and "recovery: already_restored" in again.stdout
-    plain = run_cli(["health", "--collection", name], env, cwd=tmp_path)
-    assert plain.returncode == 1  # without --restore a missing collection is still reported as such
+    assert again.returncode == 0 and f"{name}: recovered (collection does not exist; recovered into " \
+        f"{name}_restored (restore 1 of snapshot 1, " in again.stdout
+    assert "recovery:" not in again.stdout  # nothing restored again
+
+
+def test_a_deleted_collection_recovered_into_another_is_not_an_alarm_for_plain_health(env, tmp_path, client, name):
+    make_collection(client, name, 20)
+    run_cli(["backup", "--collection", name], env, cwd=tmp_path)
+    client.delete_collection(name)
+    missing = run_cli(["health", "--collection", name, "--json"], env, cwd=tmp_path)
+    assert missing.returncode == 1 and json.loads(missing.stdout)[0]["status"] == "missing"
+    run_cli(["health", "--collection", name, "--restore"], {**env, **NO_CONFIRM}, cwd=tmp_path)
+
+    plain = run_cli(["health", "--collection", name, "--json"], env, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stdout
+    [verdict] = json.loads(plain.stdout)
+    assert verdict["status"] == "recovered"
+    assert verdict["detail"].startswith(f"collection does not exist; recovered into {name}_restored (restore 1 of "
+                                        "snapshot 1, ")
+
+    # the original comes back: it is judged as itself again
+    make_collection(client, name, 20)
+    back = run_cli(["health", "--collection", name, "--json"], env, cwd=tmp_path)
+    assert back.returncode == 0 and json.loads(back.stdout)[0]["status"] == "ok"
+    # and once it was seen, losing it again is an alarm again (the old copy is not a recovery of it)
+    client.delete_collection(name)
+    again = run_cli(["health", "--collection", name, "--json"], env, cwd=tmp_path)
+    assert again.returncode == 1 and json.loads(again.stdout)[0]["status"] == "missing"
+
+
+def test_a_restore_made_before_the_collection_was_last_seen_is_not_a_recovery(env, tmp_path, client, name):
+    """A drill copy made last week does not turn today's deletion into 'recovered'."""
+    make_collection(client, name, 20)
+    run_cli(["backup", "--collection", name], env, cwd=tmp_path)
+    assert run_cli(["restore", "--collection", name, "--to", name + "-drill"], env, cwd=tmp_path).returncode == 0
+    assert run_cli(["health", "--collection", name], env, cwd=tmp_path).returncode == 0
+    client.delete_collection(name)
+    result = run_cli(["health", "--collection", name, "--json"], env, cwd=tmp_path)
+    assert result.returncode == 1 and json.loads(result.stdout)[0]["status"] == "missing"
 
 
 def test_health_restore_exits_1_when_recovery_is_blocked(env, tmp_path, client, name):
