@@ -96,9 +96,11 @@ def _age(timestamp: str | None) -> str:
 
 
 def create_app(settings: Settings, reader: Operations, tasks: TaskRunner, metrics: Metrics,
-               schedule_info: Callable[[], dict[str, str | None]]) -> FastAPI:
+               schedule_info: Callable[[], dict[str, str | None]],
+               unreachable: Callable[[float], list[str]] = lambda _seconds: []) -> FastAPI:
     """The app; ``reader`` answers read-only requests (one connection, used by one request at a
-    time), ``tasks`` runs POSTed work."""
+    time), ``tasks`` runs POSTed work, ``unreachable(seconds)`` names the dependencies that have
+    not answered for longer than that."""
     app = FastAPI(title="chroma-backup", version="1", description=__doc__, docs_url="/docs", redoc_url=None)
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["when"] = _when
@@ -150,11 +152,15 @@ def create_app(settings: Settings, reader: Operations, tasks: TaskRunner, metric
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", summary="The daemon's loop is alive", responses={503: {"model": ErrorBody}})
+    @app.get("/healthz", summary="The daemon's loop is alive and PostgreSQL and Chroma answer",
+             responses={503: {"model": ErrorBody}})
     def healthz() -> JSONResponse:
         age = time.time() - metrics.loop_time()
         if age > LOOP_STALE_SECONDS:
             return JSONResponse({"error": f"scheduler loop stale for {age:.0f}s"}, status_code=503)
+        down = unreachable(settings.unreachable_seconds)
+        if down:
+            return JSONResponse({"error": "; ".join(down)}, status_code=503)
         return JSONResponse({"status": "ok", "loop_age_seconds": round(age, 1)})
 
     @app.get("/api/v1/collections", summary="Every selected collection: health, last snapshot, schedule",

@@ -69,6 +69,7 @@ SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "API_TOKEN": ("", "bearer token the API's POST endpoints require (never logged); empty = POSTs answer 403"),
     "METRICS_PORT": ("", "old name of HTTP_PORT, used when HTTP_PORT is not set"),
     "HEARTBEAT_FILE": ("", "daemon: file touched each loop turn (the container HEALTHCHECK reads it); empty = DATA_DIR/heartbeat"),
+    "UNREACHABLE_SECONDS": ("60", "daemon: /healthz answers 503 once PostgreSQL or Chroma has not answered its probe for this long"),
 }
 
 
@@ -112,6 +113,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     api_token: str | None = field(default=None, repr=False)
     heartbeat_file: str | None = None
+    unreachable_seconds: float = 60.0
 
     @property
     def all_collections(self) -> bool:
@@ -359,4 +361,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         http_host=r.text("HTTP_HOST", "0.0.0.0" if in_container() else "127.0.0.1"),
         api_token=r.optional("API_TOKEN"),
         heartbeat_file=r.optional("HEARTBEAT_FILE"),
+        unreachable_seconds=r.number("UNREACHABLE_SECONDS", 60.0, 0, strict_low=True),
     )

@@ -22,10 +22,10 @@ import numpy as np
 
 from chroma import ChromaStore, CollectionInfo, index_params
 from db import Chunk, Database, IdListing, Snapshot
-from errors import (BackupError, ChromaFailure, CollectionBusy, CollectionExists, Interrupted,
+from errors import (BackupError, ChromaFailure, ChromaUnavailable, CollectionBusy, CollectionNotFound, CollectionExists, Interrupted,
                     SnapshotNotFound, SwapFailed, VerificationFailed, first_line)
 from states import COMPLETE, FAILED, TRIGGER_CLI
-from records import ContentDigest, RecordBatch, batch_rows, decode_metadata, encode_metadata
+from records import ContentDigest, RecordBatch, batch_rows, concat_batches, decode_metadata, encode_metadata
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def read_batches(chroma: ChromaStore, collection: Any, chunks: Iterable[Chunk],
     batches are in memory."""
 
     def fetch(chunk: Chunk) -> RecordBatch:
-        return chroma.fetch(collection, [record_id for record_id, _ in chunk])
+        return read_tolerantly(chroma, collection, [record_id for record_id, _ in chunk])
 
     pending: deque = deque()
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chroma-read") as pool:
@@ -130,6 +130,27 @@ def read_batches(chroma: ChromaStore, collection: Any, chunks: Iterable[Chunk],
         finally:
             for _, future in pending:  # the consumer stopped early: drop what is not running yet
                 future.cancel()
+
+
+def read_tolerantly(chroma: ChromaStore, collection: Any, ids: list[str]) -> RecordBatch:
+    """The records of ``ids`` that exist.  While another client deletes records, a ``get`` of a
+    page fails now and then for an id deleted meanwhile (``Error finding id``, measured: ~0.5%
+    of pages under churn): a page that fails is read again in halves, down to single ids, and an
+    id that fails alone is looked up; one that no longer exists is left out (the caller records
+    it as deleted), one that still exists is damage and its error is raised.  Transient errors
+    (the server gone) are never retried here."""
+    try:
+        return chroma.fetch(collection, ids)
+    except ChromaUnavailable:
+        raise
+    except ChromaFailure:
+        if len(ids) > 1:
+            half = len(ids) // 2
+            return concat_batches([read_tolerantly(chroma, collection, ids[:half]),
+                                   read_tolerantly(chroma, collection, ids[half:])])
+        if chroma.existing_ids(collection, ids):
+            raise
+        return concat_batches([])
 
 
 # -- backup -------------------------------------------------------------------------------------
@@ -149,6 +170,7 @@ class BackupResult:
     seconds: float = 0.0
     error: str | None = None
     health: str | None = None  # the verdict the snapshot was taken under
+    transient: bool = False  # failed for a reason that may pass (a server unreachable): worth a retry soon
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -230,6 +252,10 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                     progress(len(batch))
                 # Whatever the previous snapshot had and the listing no longer returns is deleted.
                 deleted = listing.close_unlisted(snapshot_id, ref)
+                step = "confirming changed records"
+                tally = _Tally(added, updated, deleted)
+                _confirm_changes(chroma, collection, writer, size, read_workers, content, tally, stop)
+                added, updated, deleted = tally.added, tally.updated, tally.deleted
                 step = "committing"
                 writer.complete(
                     records=content.count, added=added, updated=updated, deleted=deleted,
@@ -239,25 +265,111 @@ def export_collection_to_postgres(chroma: ChromaStore, db: Database, name: str, 
                     server_version=info.server_version,
                 )
         except BaseException as error:
-            message = f"{step}: {type(error).__name__}: {first_line(error)}"
-            try:
-                db.catalog.fail_snapshot(snapshot_id, message)
-            except BackupError as second:
-                log.error("backup collection=%s snapshot=%d could not be marked failed: %s "
-                          "(the next run will)", name, snapshot_id, second)
-            raise
+            if step == "committing" and _committed(db, snapshot_id):
+                log.warning("backup collection=%s snapshot=%d: the commit answered %s, but the snapshot is complete",
+                            name, snapshot_id, first_line(error))
+            else:
+                message = f"{step}: {type(error).__name__}: {first_line(error)}"
+                try:
+                    db.catalog.fail_snapshot(snapshot_id, message)
+                except BackupError as second:
+                    log.error("backup collection=%s snapshot=%d could not be marked failed: %s "
+                              "(the next run will)", name, snapshot_id, second)
+                raise
         finally:
             if lookup_db is not None:
                 lookup_db.close()
-        if updated or deleted:
-            db.records.vacuum_records()
-        elif added:
-            db.records.analyze_records()
+        try:  # upkeep after the commit: a failure here does not undo a complete snapshot
+            if updated or deleted:
+                db.records.vacuum_records()
+            elif added:
+                db.records.analyze_records(added)
+        except BackupError as error:
+            log.warning("backup collection=%s snapshot=%d complete; the record table's upkeep failed: %s",
+                        name, snapshot_id, error)
     return BackupResult(
         collection=name, status="complete", snapshot_id=snapshot_id, records=content.count, added=added,
         updated=updated, deleted=deleted, dimension=dimension or info.dimension, digest=content.hexdigest(),
         bytes_written=writer.bytes_written, seconds=time.monotonic() - started, health=health,
     )
+
+
+def _committed(db: Database, snapshot_id: int) -> bool:
+    """Whether a snapshot whose commit answered an error is complete after all (the answer, not
+    the commit, was lost); False when that cannot be told."""
+    try:
+        snapshot = db.catalog.get_snapshot(snapshot_id)
+    except BackupError:
+        return False
+    return snapshot is not None and snapshot.status == COMPLETE
+
+
+# Chroma's get is not atomic against an upsert: a page read while a record is upserted can pair
+# the new embedding with the old document and metadata (measured: 28 record versions in 12 of 185
+# snapshots under churn).  Every version a backup writes is therefore read a second time and kept
+# only when both reads agree; one that changed between them is read again, up to CONFIRM_ROUNDS
+# times.
+CONFIRM_ROUNDS = 3
+
+
+@dataclass
+class _Tally:
+    added: int
+    updated: int
+    deleted: int
+
+
+def _confirm_changes(chroma: ChromaStore, collection: Any, writer: Any, size: int, read_workers: int,
+                     content: ContentDigest, tally: _Tally, stop: threading.Event | None) -> None:
+    """Read every version this snapshot wrote again and keep it only when both reads agree.
+
+    A record whose second read differs gets the second read, which is confirmed in turn (a
+    record that keeps changing is taken in the newest state two reads agree on).  One that has
+    not settled after CONFIRM_ROUNDS keeps its previous version (or, new in this run, waits for
+    the next run); one deleted since its first read is deleted as of this snapshot.  ``content``
+    and ``tally`` are corrected to match, so every record is counted once."""
+    pending: list[str] | None = None  # None: every version written (streamed from PostgreSQL)
+    for round_ in range(1, CONFIRM_ROUNDS + 1):
+        moved: list[tuple] = []  # (later read's row, digest of the version written)
+        gone: dict[str, bytes] = {}
+        for chunk, batch in read_batches(chroma, collection, writer.written(size, pending), read_workers):
+            _check_stop(stop, "backup")
+            written = dict(chunk)
+            for row in batch_rows(batch):
+                digest = written.pop(row[0])
+                if row[5] != digest:
+                    moved.append((row, digest))
+            gone.update(written)  # listed and read once, deleted before the second read
+        for record_id, closed in writer.discard_versions(list(gone), reopen=False).items():
+            content.remove(gone[record_id])
+            if closed is None:
+                tally.added -= 1
+            else:
+                tally.updated -= 1
+                tally.deleted += 1
+        if not moved:
+            return
+        if round_ == CONFIRM_ROUNDS:  # still changing: the newest confirmed state is the stored one
+            _keep_previous(writer, moved, content, tally)
+            return
+        writer.replace_versions([row for row, _ in moved])
+        for row, digest in moved:
+            content.remove(digest)
+            content.add(row[5])
+        pending = [row[0] for row, _ in moved]
+
+
+def _keep_previous(writer: Any, moved: list[tuple], content: ContentDigest, tally: _Tally) -> None:
+    written = {row[0]: digest for row, digest in moved}
+    for record_id, previous in writer.discard_versions(list(written), reopen=True).items():
+        content.remove(written[record_id])
+        if previous is None:
+            tally.added -= 1
+        else:
+            tally.updated -= 1
+            content.add(previous)
+    log.info("backup records_unsettled=%d (changed on every read; kept as before, or left to the next run)",
+             len(written))
 
 
 # -- verify -------------------------------------------------------------------------------------
@@ -691,6 +803,7 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
         return result
 
     with db.locks.collection_lock(tenant, database, name), db.locks.collection_lock(tenant, database, target):
+        db.restores.fail_stale_restores()  # a dead process's restore of these is not running any more
         building = temporary_name(target, snapshot.snapshot_id)
         restore_id = db.restores.begin_restore(snapshot, target, chroma.address, trigger, reason,
                                                temporary_name=building, target_database=chroma.database)
@@ -701,6 +814,7 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                 chroma.delete(building)
             collection = create_exact(chroma, building, info)
             created = True
+            db.restores.set_temporary_id(restore_id, collection.id)
             comparison, written = _fill_and_verify(chroma, db, snapshot, info, collection, batch_size, read_workers,
                                                    progress, stop)
             # Judged once the records are in: the schema's per-key entries grow as they arrive.
@@ -713,15 +827,12 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
                 result.replaced_kept = _swap_into_place(chroma, db, restore_id, collection, target, keep_replaced)
                 result.replaced = True
             else:
-                chroma.rename(collection, target)
+                _rename_checked(chroma, collection, target)
                 created = False
             target_id = str(collection.id)
         except BaseException as error:
-            if created:
-                try:
-                    chroma.delete(building)
-                except BackupError as cleanup:
-                    log.error("restore could not delete temporary collection %s: %s", building, cleanup)
+            if created and _drop_quietly(chroma, building):
+                _forget_working_copy(db, restore_id)
             try:
                 db.restores.finish_restore(restore_id, status=FAILED, records=None, verified=False,
                                   error=f"{type(error).__name__}: {first_line(error)}")
@@ -730,6 +841,7 @@ def import_postgres_to_chroma(chroma: ChromaStore, db: Database, name: str, *, t
             raise
         db.restores.finish_restore(restore_id, status=COMPLETE, records=written, verified=True,
                                    target_collection_id=target_id, differences=differences)
+        _forget_working_copy(db, restore_id)
     result.differences = differences
     result.exact = not differences
     result.rounded = comparison.rounded
@@ -771,11 +883,71 @@ def _fill_and_verify(chroma: ChromaStore, db: Database, snapshot: Snapshot, info
     return comparison, written
 
 
-def _drop_quietly(chroma: ChromaStore, name: str) -> None:
+def _drop_quietly(chroma: ChromaStore, name: str) -> bool:
+    """Delete a restore's working collection; False (logged) when that fails."""
     try:
         chroma.delete(name)
+        return True
+    except CollectionNotFound:
+        return True
     except BackupError as error:
-        log.error("restore could not delete temporary collection %s: %s", name, first_line(error))
+        log.error("restore could not delete temporary collection %s: %s (removed by a later run)", name,
+                  first_line(error))
+        return False
+
+
+def _forget_working_copy(db: Database, restore_id: int) -> None:
+    """The working copy is gone or in place: nothing of this restore is left to clean up."""
+    try:
+        db.restores.set_temporary_id(restore_id, None)
+    except BackupError as error:
+        log.warning("restore %d: could not record that its working collection is gone: %s", restore_id, error)
+
+
+def remove_leftovers(chroma: ChromaStore, db: Database) -> list[str]:
+    """Remove the half-built working collections of restores that did not finish (a crash of
+    Chroma or of the restoring process), each recognised by the collection id its restore
+    recorded, never by its name alone; returns their names (each logged)."""
+    removed = []
+    for row in db.restores.leftovers(chroma.tenant, chroma.database, chroma.address):
+        name = row["temporary_name"]
+        try:
+            live = chroma.open(name)
+        except CollectionNotFound:
+            live = None
+        if live is not None and live.id == row["temporary_collection_id"]:
+            chroma.delete(name)
+            removed.append(name)
+            log.warning("removed collection=%s: the half-built copy of restore %d, which did not finish", name,
+                        row["restore_id"])
+        db.restores.set_temporary_id(row["restore_id"], None)
+    return removed
+
+
+def _names_now(chroma: ChromaStore, names: list[str]) -> dict[str, str | None]:
+    """Which collection id each name holds right now (None: no collection)."""
+    now: dict[str, str | None] = {}
+    for name in names:
+        try:
+            now[name] = chroma.open(name).id
+        except CollectionNotFound:
+            now[name] = None
+    return now
+
+
+def _rename_checked(chroma: ChromaStore, collection: Any, new_name: str) -> None:
+    """Rename, and when the answer is an error, look before believing it: a rename the server
+    did but whose answer was lost counts as done."""
+    try:
+        chroma.rename(collection, new_name)
+    except BackupError as error:
+        try:
+            done = _names_now(chroma, [new_name])[new_name] == collection.id
+        except BackupError:
+            raise error from None
+        if not done:
+            raise
+        log.warning("rename of %s to %s answered %s, but it was done", collection.name, new_name, first_line(error))
 
 
 def replaced_name(target: str, restore_id: int) -> str:
@@ -784,44 +956,84 @@ def replaced_name(target: str, restore_id: int) -> str:
     return target[:512 - len(suffix)] + suffix
 
 
-def _swap_into_place(chroma: ChromaStore, db: Database, restore_id: int, collection: Any, target: str,
+def _swap_into_place(chroma: ChromaStore, db: Database, restore_id: int, copy: Any, target: str,
                      keep_replaced: bool) -> str | None:
     """Old target aside, verified copy into its name, old one deleted (or kept when
     ``keep_replaced``).  Returns the name the old collection is kept under (None once deleted).
-    Every failure leaves one of the two under ``target`` and says which."""
+
+    After any failed step the server's state is read (which of the three names holds which
+    collection) before anything is decided or said: a rename whose answer was lost counts as
+    done, and the error always says where the old collection and the verified copy are."""
     aside = replaced_name(target, restore_id)
     old = chroma.open(target)
     db.restores.set_restore_aside(restore_id, aside)
     try:
         chroma.rename(old, aside)
+        chroma.rename(copy, target)
     except BackupError as error:
-        _drop_quietly(chroma, collection.name)
-        raise SwapFailed(f"could not move the existing {target!r} aside ({first_line(error)}); "
-                         f"{target!r} is unchanged (the old collection)") from error
-    try:
-        chroma.rename(collection, target)
-    except BackupError as error:
-        try:
-            chroma.rename(old, target)
-        except BackupError as second:
-            raise SwapFailed(
-                f"could not rename the verified copy to {target!r} ({first_line(error)}) nor move the old "
-                f"collection back ({first_line(second)}): the old collection is {aside!r}, the verified copy "
-                f"{collection.name!r}; rename one of them to {target!r}") from error
-        _drop_quietly(chroma, collection.name)
-        raise SwapFailed(f"could not rename the verified copy to {target!r} ({first_line(error)}); "
-                         f"{target!r} is the old collection again") from error
+        _recover_swap(chroma, db, restore_id, old, copy, target, aside, error)
     if keep_replaced:
         log.info("restore target=%s replaced; the old collection is kept as %s", target, aside)
         return aside
     try:
         chroma.delete(aside)
+    except CollectionNotFound:
+        pass
     except BackupError as error:
         log.warning("restore target=%s replaced by the verified copy; the old collection could not be deleted "
                     "and remains as %s: %s", target, aside, first_line(error))
         return aside
     db.restores.set_restore_aside(restore_id, None)
     return None
+
+
+def _recover_swap(chroma: ChromaStore, db: Database, restore_id: int, old: Any, copy: Any, target: str, aside: str,
+                  error: BackupError) -> None:
+    """Finish or undo a swap that failed at some step, from the server's state as it is now
+    (read again after every step, since any answer may be lost).  Returns when the verified copy
+    is in place; raises ``SwapFailed`` saying where both collections are."""
+    why, tried_into, moved_back = first_line(error), False, False
+    for _ in range(4):
+        try:
+            now = _names_now(chroma, [target, aside, copy.name])
+        except BackupError as unknown:
+            db.restores.set_temporary_id(restore_id, None)  # the copy may be in place: never remove it
+            raise SwapFailed(
+                f"the swap into {target!r} failed ({why}) and Chroma cannot say where things are now "
+                f"({first_line(unknown)}): the old collection is {target!r} or {aside!r}, the verified copy "
+                f"{copy.name!r} or {target!r}; check them before running the restore again") from error
+        if now[target] == copy.id:
+            log.warning("restore target=%s: the swap answered %s, but the verified copy is in place", target, why)
+            return
+        if now[target] == old.id:  # nothing moved, or the old one is back
+            db.restores.set_restore_aside(restore_id, None)
+            if now[copy.name] == copy.id and _drop_quietly(chroma, copy.name):
+                db.restores.set_temporary_id(restore_id, None)
+            if moved_back:
+                raise SwapFailed(f"could not rename the verified copy to {target!r} ({why}); {target!r} is the "
+                                 "old collection again") from error
+            raise SwapFailed(f"could not move the existing {target!r} aside ({why}); {target!r} is unchanged "
+                             "(the old collection)") from error
+        if now[target] is not None or now[aside] != old.id or now[copy.name] != copy.id or moved_back:
+            break
+        try:  # the old one is aside and the name free: finish the swap, else move the old one back
+            if not tried_into:
+                tried_into = True
+                chroma.rename(copy, target)
+            else:
+                moved_back = True
+                chroma.rename(old, target)
+        except BackupError as step_error:
+            if not moved_back:
+                why = first_line(step_error)
+    db.restores.set_temporary_id(restore_id, None)  # whatever holds the copy now, it is the operator's
+    if now[target] is None and now[aside] == old.id and now[copy.name] == copy.id:
+        raise SwapFailed(
+            f"could not rename the verified copy to {target!r} ({why}) nor move the old collection back: the old "
+            f"collection is {aside!r}, the verified copy {copy.name!r}; rename one of them to {target!r}") from error
+    what_is = {old.id: "the old collection", copy.id: "the verified copy", None: "nothing"}
+    held = ", ".join(f"{name!r}: {what_is.get(cid, 'another collection')}" for name, cid in now.items())
+    raise SwapFailed(f"the swap into {target!r} failed ({why}) and left: {held}") from error
 
 
 # -- prune --------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 from chroma import ChromaStore
 from db import Database
 from errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, first_line
+from export_import import read_tolerantly
 from records import RecordBatch, concat_batches
 from states import CORRUPT, HEALTHY, MISSING, OK, RECOVERED_INTO, SHRUNK, UNREACHABLE
 
@@ -41,6 +42,9 @@ SECOND_CHANCE_DEPTH = 200  # hits asked for a record the first query missed
 # Damage = at least MISS_RATE of the usable sample missed, and at least MIN_MISSES records.
 MISS_RATE = 0.3
 MIN_MISSES = 2
+# Up to this many records, a probe's random sample is drawn from one listing of every id (a
+# request per sampled position costs more); above it, from random positions.
+LIST_ALL_BELOW = 20_000
 # Relative slack when comparing Chroma's float32 distances with our float64 own distance.
 DISTANCE_RTOL = {"l2": 1e-5, "cosine": 1e-4, "ip": 1e-3}
 
@@ -157,33 +161,19 @@ def self_recall(chroma: ChromaStore, collection: Any, batch: RecordBatch, space:
     return probe
 
 
-def _fetch_sample(chroma: ChromaStore, collection: Any, ids: list[str]) -> RecordBatch:
-    """Read sampled records; an id deleted by another client meanwhile can make a whole get fail
-    (``Error finding id``), so a failing batch is read id by id and ids that no longer exist are
-    dropped.  A failure for an id that does exist is damage and is raised."""
-    try:
-        return chroma.fetch(collection, ids)
-    except ChromaFailure:
-        parts = []
-        for record_id in ids:
-            try:
-                parts.append(chroma.fetch(collection, [record_id]))
-            except ChromaFailure:
-                if chroma.existing_ids(collection, [record_id]):
-                    raise
-        return concat_batches(parts)
-
-
 def _sample(chroma: ChromaStore, db: Database, collection: Any, ref: int | None, count: int, n: int) -> RecordBatch:
     """Up to ``n`` random records: ids from the newest backup first (they must still be readable),
     topped up with random positions in the live collection."""
     ids = db.records.sample_record_ids(ref, n) if ref is not None else []
-    batch = _fetch_sample(chroma, collection, ids) if ids else concat_batches([])
+    batch = read_tolerantly(chroma, collection, ids) if ids else concat_batches([])
     wanted = min(n, count)
     if len(batch) < wanted:
-        offsets = random.sample(range(count), min(count, 2 * wanted))
-        extra = [rid for rid in chroma.ids_at(collection, offsets) if rid not in set(batch.ids)]
-        batch = concat_batches([batch, _fetch_sample(chroma, collection, extra[:wanted - len(batch)])])
+        if count <= LIST_ALL_BELOW:  # one listing request instead of one request per position
+            candidates = random.sample(chroma.list_ids(collection), min(count, 2 * wanted))
+        else:
+            candidates = chroma.ids_at(collection, random.sample(range(count), min(count, 2 * wanted)))
+        extra = [rid for rid in candidates if rid not in set(batch.ids)]
+        batch = concat_batches([batch, read_tolerantly(chroma, collection, extra[:wanted - len(batch)])])
     return batch
 
 

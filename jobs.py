@@ -110,10 +110,15 @@ class Backend:
                 self._embedded = None
 
     def ready(self, db: Any) -> None:
-        """Migrate the schema, once per process."""
+        """Migrate the schema and mark the backups and restores a dead process left ``running``
+        as failed (saying why), once per process."""
         with self._lock:
             if not self._migrated:
                 db.migrate()
+                db.catalog.fail_stale_runs()
+                stale = db.restores.fail_stale_restores()
+                if stale:
+                    log.warning("stale_restores_failed count=%d", stale)
                 self._migrated = True
 
 
@@ -225,6 +230,15 @@ class Stores:
         raise UsageError(f"{option} {requested} is ambiguous: "
                          + ", ".join(f"{d}/{requested}" for d in found) + "; name it as DATABASE/COLLECTION")
 
+    def _remove_leftovers(self, database: str) -> None:
+        """The half-built copies of restores that died go before a round lists collections."""
+        from export_import import remove_leftovers
+
+        try:
+            remove_leftovers(self.chroma_for(database), self.db)
+        except BackupError as error:
+            log.warning("could not remove the leftovers of dead restores in database=%s: %s", database, error)
+
     def _known(self, database: str) -> set[str]:
         names = set(self.db.catalog.collection_names(self.settings.chroma_tenant, database))
         try:
@@ -245,9 +259,13 @@ class Stores:
         """The collections a round works on, in every database; the ones left out on purpose are
         logged, one line each."""
         if requested:
-            return list(dict.fromkeys(self.resolve(r) for r in requested))
+            wheres = list(dict.fromkeys(self.resolve(r) for r in requested))
+            for database in dict.fromkeys(where.database for where in wheres):
+                self._remove_leftovers(database)
+            return wheres
         chosen = []
         for database in self.databases():
+            self._remove_leftovers(database)
             selection = select(self.settings, self.chroma_for(database), self.db, None)
             for name, why in selection.excluded.items():
                 log.info("skipped collection=%s reason=%s", self.label(Where(database, name)), why)
@@ -290,7 +308,7 @@ class Rounds(Stores):
             log_backup(BackupResult(collection=label, status=FAILED, error=str(error)))
             raise
         except BackupError as error:
-            result = BackupResult(collection=label, status=FAILED, error=str(error))
+            result = BackupResult(collection=label, status=FAILED, error=str(error), transient=error.transient)
         except Exception as error:  # the collection's boundary: the round goes on
             log.debug("backup collection=%s unexpected error", label, exc_info=True)
             result = BackupResult(collection=label, status=FAILED,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from states import HEALTH_STATUSES
 
@@ -29,6 +31,13 @@ class Metrics:
                             ["code"], registry=r)
         self.loop = Gauge("chroma_backup_daemon_loop_timestamp_seconds", "Unix time of the last scheduler loop turn",
                           registry=r)
+        # The process's own memory, descriptors and CPU (process_resident_memory_bytes,
+        # process_open_fds, ...) and threads: what an alert on steady growth reads.
+        ProcessCollector(registry=r)
+        self.dependency_up = Gauge("chroma_backup_dependency_up", "1 while PostgreSQL / Chroma answer the daemon's probe",
+                                   ["dependency"], registry=r)
+        self.threads = Gauge("chroma_backup_process_threads", "Threads of the daemon's process", registry=r)
+        self.threads.set_function(threading.active_count)
 
     def backup_ok(self, collection: str, *, seconds: float, records: int, added: int, updated: int,
                   deleted: int) -> None:

@@ -142,6 +142,11 @@ class ContentDigest:
         self.total = (self.total + int.from_bytes(digest, "big")) % _DIGEST_MOD
         self.count += 1
 
+    def remove(self, digest: bytes) -> None:
+        """Take back one ``add`` of ``digest``."""
+        self.total = (self.total - int.from_bytes(digest, "big")) % _DIGEST_MOD
+        self.count -= 1
+
     def add_all(self, digests: Sequence[bytes]) -> None:
         for digest in digests:
             self.add(digest)

@@ -69,6 +69,11 @@ class Database:
     def close(self) -> None:
         self.session.close()
 
+    def ping(self) -> None:
+        """One round trip (raises ``PostgresUnavailable`` when the server cannot be reached)."""
+        with self.transaction("ping") as cur:
+            cur.execute("SELECT 1")
+
     def migrate(self) -> int:
         return self.schema.migrate()
 

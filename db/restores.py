@@ -18,11 +18,40 @@ class RestoreLog(Part):
         with self.transaction("recording the restore") as cur:
             cur.execute(self.tables.fmt(
                 "INSERT INTO {rest} (collection_ref, snapshot_id, source_snapshot_id, target, target_server, "
-                "target_database, status, trigger, reason, temporary_name) "
-                "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s, %s, %s) RETURNING restore_id"
+                "target_database, status, trigger, reason, temporary_name, backend_pid) "
+                "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, pg_backend_pid()) RETURNING restore_id"
             ), (snapshot.collection_ref, snapshot.snapshot_id, snapshot.snapshot_id, target, target_server,
                 target_database or snapshot.database, trigger, reason, temporary_name))
             return cur.fetchone()[0]
+
+    def set_temporary_id(self, restore_id: int, collection_id: str | None) -> None:
+        """The id of the collection the restore is building (None once it is gone or in place)."""
+        with self.transaction("recording the restore's working collection") as cur:
+            cur.execute(self.tables.fmt("UPDATE {rest} SET temporary_collection_id = %s WHERE restore_id = %s"),
+                        (collection_id, restore_id))
+
+    def fail_stale_restores(self) -> int:
+        """Mark ``running`` restores whose process is gone (its PostgreSQL backend has ended) as
+        ``failed``, saying so."""
+        with self.transaction("marking stale restores failed") as cur:
+            cur.execute(self.tables.fmt(
+                "UPDATE {rest} SET status = 'failed', finished_at = clock_timestamp(), "
+                "error = coalesce(error, 'interrupted: the restore process or its connection ended before it finished') "
+                "WHERE status = 'running' AND (backend_pid IS NULL OR backend_pid NOT IN "
+                "(SELECT pid FROM pg_stat_activity WHERE datname = current_database()))"))
+            return cur.rowcount
+
+    def leftovers(self, tenant: str, database: str, target_server: str) -> list[dict[str, Any]]:
+        """Working collections of restores that did not finish (failed, or their process died):
+        the name and id of the copy each was building, to be removed."""
+        with self.transaction("listing restores' leftovers") as cur:
+            cur.execute(self.tables.fmt(
+                "SELECT r.restore_id, r.temporary_name, r.temporary_collection_id FROM {rest} r "
+                "JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s "
+                "AND coalesce(r.target_database, c.database) = %s AND r.target_server = %s "
+                "AND r.status = 'failed' AND r.temporary_collection_id IS NOT NULL"
+            ), (tenant, database, target_server))
+            return self.dicts(cur)
 
     def set_restore_aside(self, restore_id: int, aside_name: str | None) -> None:
         """Where an overwrite keeps the replaced target while it swaps (None once it is gone)."""
@@ -45,13 +74,19 @@ class RestoreLog(Part):
                     for row in cur.fetchall()}
 
     def work_names(self, tenant: str, database: str, target_server: str) -> set[str]:
-        """Names restores use for their own work on that server (a collection being built, or a
-        replaced target kept aside): never backed up or checked as collections of their own."""
-        with self.transaction("listing restore work collections") as cur:
+        """Names restores use for their own work on that server, left out of backups and health
+        checks: a running restore's working copy and the replaced target on its way aside, and a
+        replaced target a complete restore kept aside on purpose (recovery keeps the broken one for
+        inspection).  A restore that failed hides nothing: whatever its names hold then is data
+        (the old collection a failed swap left aside, say) and is backed up like any other."""
+        with self.transaction("listing restores' working names") as cur:
             cur.execute(self.tables.fmt(
-                "SELECT r.temporary_name, r.aside_name FROM {rest} r JOIN {coll} c USING (collection_ref) "
+                "SELECT CASE WHEN r.status = 'running' THEN r.temporary_name END, "
+                "CASE WHEN r.status IN ('running', 'complete') THEN r.aside_name END "
+                "FROM {rest} r JOIN {coll} c USING (collection_ref) "
                 "WHERE c.tenant = %s AND coalesce(r.target_database, c.database) = %s AND r.target_server = %s "
-                "AND (r.temporary_name IS NOT NULL OR r.aside_name IS NOT NULL)"
+                "AND (r.status = 'complete' AND r.aside_name IS NOT NULL OR r.status = 'running' AND r.backend_pid IN "
+                "(SELECT pid FROM pg_stat_activity WHERE datname = current_database()))"
             ), (tenant, database, target_server))
             return {name for row in cur.fetchall() for name in row if name}
 

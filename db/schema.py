@@ -114,6 +114,9 @@ def _migrations(tb: Tables) -> list[sql.Composed]:
         # 3: a record-identical restore whose configuration or schema differs from the snapshot
         # names every differing key.
         tb.fmt("ALTER TABLE {rest} ADD COLUMN differences jsonb"),
+        # 4: a restore says which process runs it (a dead one's row is marked failed) and which
+        # collection it was building (a dead one's half-built copy is removed by that id).
+        tb.fmt("ALTER TABLE {rest} ADD COLUMN backend_pid integer, ADD COLUMN temporary_collection_id text"),
     ]
 
 

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -27,6 +28,9 @@ csv.field_size_limit(1 << 30)
 _UNAVAILABLE_CLASSES = ("08",)  # connection exception
 _UNAVAILABLE_CODES = {"57P01", "57P02", "57P03", "53300"}  # shutdown, crash, cannot connect now, too many connections
 
+# A connection idle this long is checked before use (``Session._alive``).
+IDLE_CHECK_SECONDS = 10.0
+
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -38,6 +42,9 @@ def translate_error(error: BaseException, what: str) -> BackupError:
     """A psycopg2 error as one of ours, by class and SQLSTATE (never by message text)."""
     code = getattr(error, "pgcode", None)
     if isinstance(error, psycopg2.InterfaceError):
+        return PostgresUnavailable(f"PostgreSQL connection lost during {what}: {first_line(error)}")
+    if code is None and type(error) is psycopg2.DatabaseError:
+        # What psycopg2 raises when the server closed the connection under a statement.
         return PostgresUnavailable(f"PostgreSQL connection lost during {what}: {first_line(error)}")
     if isinstance(error, psycopg2.OperationalError) and (
         code is None or code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES
@@ -167,6 +174,7 @@ class Session:
         self._embedded_dsn = embedded_dsn
         self._kwargs = connection_kwargs(settings, embedded_dsn)
         self._conn: Any = None
+        self._last_used = 0.0
         self.held_locks: set[tuple[str, str, str]] = set()
 
     @property
@@ -182,13 +190,26 @@ class Session:
             self.held_locks.clear()
         return self
 
-    def sibling(self) -> "Session":
-        """Another session on the same database (its own connection, for another thread)."""
-        return Session(self.settings, self._embedded_dsn)
-
     @property
     def conn(self) -> Any:
         return self.connect()._conn
+
+    def _alive(self) -> None:
+        """A connection idle for IDLE_CHECK_SECONDS may have been cut while it waited (a
+        PostgreSQL restart, a proxy's idle timeout): check it with one round trip and reconnect
+        when it is gone, so the caller's next statement never fails for it.  A connection that
+        holds advisory locks is never silently replaced (the locks went with it)."""
+        if self._conn is None or self._conn.closed or self.held_locks:
+            return
+        if time.monotonic() - self._last_used < IDLE_CHECK_SECONDS:
+            return
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            self._conn.rollback()
+        except psycopg2.Error:
+            log.info("postgres idle connection was closed by the server; reconnecting")
+            self.close()
 
     def close(self) -> None:
         if self._conn is not None and not self._conn.closed:
@@ -213,6 +234,7 @@ class Session:
     def transaction(self, what: str, *, commit: bool = True) -> Iterator[Any]:
         """A cursor in a transaction that commits on success (rolls back if not ``commit``)
         and rolls back on any error."""
+        self._alive()
         try:
             with _translated(what):
                 cur = self.conn.cursor()
@@ -224,14 +246,10 @@ class Session:
                     self._conn.commit()
                 else:
                     self._conn.rollback()
+                self._last_used = time.monotonic()
         except BaseException:
             self.reset_after_error()
             raise
-
-    def ping(self) -> str:
-        with self.transaction("ping") as cur:
-            cur.execute("SELECT current_setting('server_version')")
-            return cur.fetchone()[0]
 
     def copy_out(self, query: sql.Composed, params: tuple, what: str) -> Iterator[list[str]]:
         """Stream ``COPY (query) TO STDOUT (FORMAT csv)`` rows with bounded memory.

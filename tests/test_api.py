@@ -59,6 +59,7 @@ def api(env, tmp_path, client, name):
              what="the backup at start")
     wait_for(lambda: all(r["status"] for r in running.get("/api/v1/collections").json()),
              what="the health check at start")
+    wait_for(lambda: "job=backup done" in running.daemon.output(), what="the backup job at start (and its prune)")
     yield running
     running.daemon.kill()
     assert TOKEN not in running.daemon.output()

@@ -449,11 +449,16 @@ class FailingSwap:
         return getattr(self._inner, attr)
 
     def rename(self, collection, new_name):
-        self.renames += 1
-        if (self.step, self.renames) in (("aside", 1), ("into", 2)):
-            from errors import ChromaFailure
+        from errors import ChromaFailure
 
+        self.renames += 1
+        if self.step == "aside" and self.renames == 1:
             raise ChromaFailure(f"injected failure renaming to {new_name}")
+        if self.step == "into" and "-restoring-" in collection.name:  # every try
+            raise ChromaFailure(f"injected failure renaming to {new_name}")
+        if self.step == "lost" and self.renames in (1, 2):  # done, but the answer is an error
+            self._inner.rename(collection, new_name)
+            raise ChromaFailure("injected: the answer was lost")
         return self._inner.rename(collection, new_name)
 
     def delete(self, name):
@@ -487,6 +492,21 @@ def test_a_failed_swap_step_leaves_the_old_collection_under_the_target_name(stor
     assert [c for c in chroma.list_collection_names() if c.startswith(name + "-t")] == [name + "-t"]
     restores = db.restores.list_restores(db.catalog.collection_ref("default_tenant", "default_database", name))
     assert restores[0]["status"] == "failed"
+
+
+def test_a_swap_whose_answers_are_lost_looks_and_completes(stores, client, name):
+    """Both renames are done by the server but answer an error: the swap reads where things are
+    and finishes; the restore is complete and says so."""
+    chroma, db = stores
+    make_collection(client, name, 50)
+    export_collection_to_postgres(chroma, db, name)
+    client.create_collection(name + "-t", embedding_function=None).add(ids=["old"], embeddings=[[1.0] * 8])
+    result = import_postgres_to_chroma(FailingSwap(chroma, "lost"), db, name, target=name + "-t", overwrite=True)
+    assert result.replaced and result.verified and result.replaced_kept is None
+    assert len(_ids(client, name + "-t")) == 50
+    assert [c for c in chroma.list_collection_names() if c.startswith(name + "-t")] == [name + "-t"]
+    restores = db.restores.list_restores(db.catalog.collection_ref("default_tenant", "default_database", name))
+    assert restores[0]["status"] == "complete"
 
 
 def test_a_failed_delete_after_the_swap_leaves_the_new_collection_and_keeps_the_old(stores, client, name):

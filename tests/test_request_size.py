@@ -13,7 +13,7 @@ from records import RecordBatch
 text = st.text(max_size=60)  # any unicode, control characters included (JSON escapes them)
 metadata = st.none() | st.dictionaries(st.text(min_size=1, max_size=12),
                                        st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
-                                       | st.booleans() | text | st.lists(st.integers(), min_size=1, max_size=4),
+                                       | st.booleans() | text | st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=4),
                                        min_size=1, max_size=5)
 
 
