@@ -10,15 +10,15 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 # Dependencies first: this layer stays cached until the requirements change.  The image takes the
-# HTTP-only Chroma client (the daemon only talks HTTP; the full chromadb wheel carries the server's
-# dependencies, ~500 MB) and no embedded PostgreSQL: DB_HOST (or DATABASE_URL) is required here.
-COPY requirements-base.txt requirements-image.txt ./
+# daemon's own dependencies only, every one pinned (requirements-image.txt, compiled from
+# pyproject.toml): no chromadb package (the daemon talks Chroma's HTTP API itself) and no embedded
+# PostgreSQL (DB_HOST or DATABASE_URL is required here).
+COPY requirements-image.txt ./
 RUN pip install --no-compile -r requirements-image.txt
 
 RUN useradd --create-home --uid 10001 app && mkdir -p /app/data && chown app:app /app/data
-COPY --chown=app:app *.py ./
-COPY --chown=app:app db ./db
-COPY --chown=app:app templates ./templates
+COPY --chown=app:app main.py ./
+COPY --chown=app:app chroma_backup ./chroma_backup
 
 USER app
 VOLUME ["/app/data"]

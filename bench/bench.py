@@ -35,22 +35,18 @@ import json
 import os
 import resource
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from chroma_backup.chroma.launcher import LocalChroma
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 COLLECTION = "bench"
 SEED = 42
@@ -60,10 +56,11 @@ WORDS = ("vector", "backup", "restore", "index", "segment", "query", "record", "
 
 # -- the synthetic data -------------------------------------------------------------------------
 
+
 def synthetic_batch(start: int, stop: int, dim: int, seed: int = SEED):
     import numpy as np
 
-    from records import RecordBatch
+    from chroma_backup.records import RecordBatch
 
     rng = np.random.default_rng([seed, start])
     n = stop - start
@@ -72,57 +69,47 @@ def synthetic_batch(start: int, stop: int, dim: int, seed: int = SEED):
         ids=[f"rec-{i:08d}" for i in range(start, stop)],
         embeddings=rng.normal(size=(n, dim)).astype("<f4"),
         documents=[" ".join(WORDS[w] for w in row)[:200] for row in words],  # ~200 characters
-        metadatas=[{"topic": TOPICS[i % len(TOPICS)], "rank": int(i), "score": float(i % 997) / 7.0,
-                    "public": bool(i % 3)} for i in range(start, stop)],
+        metadatas=[
+            {"topic": TOPICS[i % len(TOPICS)], "rank": int(i), "score": float(i % 997) / 7.0, "public": bool(i % 3)}
+            for i in range(start, stop)
+        ],
         uris=[None] * n,
     )
 
 
 # -- servers ------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
+class Chroma(LocalChroma):
+    """The shared launcher, with its data path made absolute (chroma runs from the parent
+    directory) and a longer start timeout (a big cached collection loads first)."""
 
-class Chroma:
     def __init__(self, path: Path):
-        self.path = path.resolve()  # chroma runs from the parent directory
-        self.port = free_port()
-        self.proc = None
+        super().__init__(path.resolve())
 
-    def __enter__(self) -> "Chroma":
-        exe = Path(sys.executable).with_name("chroma")
-        self.proc = subprocess.Popen([str(exe) if exe.exists() else "chroma", "run", "--path", str(self.path),
-                                      "--host", "127.0.0.1", "--port", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                     cwd=self.path.parent)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=1)
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("chroma run did not start")
-                time.sleep(0.1)
-
-    def __exit__(self, *exc) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(60)
+    def __enter__(self) -> Chroma:
+        self.start(timeout=120)
+        return self
 
 
 def settings_for(port: int, database_url: str, table: str):
-    from config import load_settings
+    from chroma_backup.settings import load_settings
 
-    return load_settings({"CHROMADB_HOST": "127.0.0.1", "CHROMADB_PORT": str(port), "DATABASE_URL": database_url,
-                          "BACKUP_TABLE": table, "CHROMA_COLLECTION_NAME": COLLECTION}, env_file=None)
+    return load_settings(
+        {
+            "CHROMADB_HOST": "127.0.0.1",
+            "CHROMADB_PORT": str(port),
+            "DATABASE_URL": database_url,
+            "BACKUP_TABLE": table,
+            "CHROMA_COLLECTION_NAME": COLLECTION,
+        },
+        env_file=None,
+    )
 
 
 def stores(port: int, database_url: str, table: str):
-    from chroma import ChromaStore
-    from db import Database
+    from chroma_backup.chroma import ChromaStore
+    from chroma_backup.postgres import Database
 
     settings = settings_for(port, database_url, table)
     database = Database(settings)
@@ -131,12 +118,13 @@ def stores(port: int, database_url: str, table: str):
 
 
 def populate(path: Path, records: int, dim: int) -> None:
-    from chroma import ChromaStore, CollectionInfo
+    from chroma_backup.chroma import ChromaStore, CollectionInfo
 
     with Chroma(path) as server:
         chroma = ChromaStore.connect(settings_for(server.port, "postgresql://unused@localhost/x", "unused"))
-        info = CollectionInfo("", COLLECTION, {"bench": True}, {"hnsw": {"space": "l2"}}, None, dim,
-                              chroma.server_version)
+        info = CollectionInfo(
+            "", COLLECTION, {"bench": True}, {"hnsw": {"space": "l2"}}, None, dim, chroma.server_version
+        )
         collection = chroma.create(COLLECTION, info)
         size = chroma.batch_size()
         for start in range(0, records, size):
@@ -146,6 +134,7 @@ def populate(path: Path, records: int, dim: int) -> None:
 
 
 # -- measurements (each runs in a fresh process) --------------------------------------------------
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -170,24 +159,33 @@ def m_raw_read(port: int, page: int) -> dict:
 
 
 def m_backup(port: int, database_url: str, table: str, workers: int = 1) -> dict:
-    from export_import import export_collection_to_postgres
+    from chroma_backup.core import export_collection_to_postgres
+    from chroma_backup.core.reading import RunOptions
 
     chroma, database = stores(port, database_url, table)
     before = database.retention.storage_bytes()
     started = time.perf_counter()
-    result = export_collection_to_postgres(chroma, database, COLLECTION, read_workers=workers)
+    result = export_collection_to_postgres(chroma, database, COLLECTION, run=RunOptions(read_workers=workers))
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb(),
-            "bytes_written": database.retention.storage_bytes() - before, "copy_bytes": result.bytes_written,
-            "added": result.added, "updated": result.updated, "deleted": result.deleted}
+    return {
+        "seconds": seconds,
+        "records": result.records,
+        "rss_mb": _peak_rss_mb(),
+        "bytes_written": database.retention.storage_bytes() - before,
+        "copy_bytes": result.bytes_written,
+        "added": result.added,
+        "updated": result.updated,
+        "deleted": result.deleted,
+    }
 
 
 def m_verify(port: int, database_url: str, table: str, workers: int = 1) -> dict:
-    from export_import import verify_collection
+    from chroma_backup.core import verify_collection
+    from chroma_backup.core.reading import RunOptions
 
     chroma, database = stores(port, database_url, table)
     started = time.perf_counter()
-    result = verify_collection(chroma, database, COLLECTION, read_workers=workers)
+    result = verify_collection(chroma, database, COLLECTION, run=RunOptions(read_workers=workers))
     seconds = time.perf_counter() - started
     if not result.identical:
         raise RuntimeError(f"verify found differences: {result.as_json()}")
@@ -195,7 +193,7 @@ def m_verify(port: int, database_url: str, table: str, workers: int = 1) -> dict
 
 
 def m_raw_add(port: int, records: int, dim: int) -> dict:
-    from chroma import ChromaStore, CollectionInfo
+    from chroma_backup.chroma import ChromaStore, CollectionInfo
 
     chroma = ChromaStore.connect(settings_for(port, "postgresql://unused@localhost/x", "unused"))
     name = "rawadd-" + uuid.uuid4().hex[:8]
@@ -212,12 +210,15 @@ def m_raw_add(port: int, records: int, dim: int) -> dict:
 
 
 def m_restore(port: int, database_url: str, table: str, workers: int = 1) -> dict:
-    from export_import import import_postgres_to_chroma
+    from chroma_backup.core import import_postgres_to_chroma
+    from chroma_backup.core.reading import RunOptions
 
     chroma, database = stores(port, database_url, table)
     target = "restored-" + uuid.uuid4().hex[:8]
     started = time.perf_counter()
-    result = import_postgres_to_chroma(chroma, database, COLLECTION, target=target, read_workers=workers)
+    result = import_postgres_to_chroma(
+        chroma, database, COLLECTION, target=target, run=RunOptions(read_workers=workers)
+    )
     seconds = time.perf_counter() - started
     chroma.delete(target)
     return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb(), "verified": result.verified}
@@ -227,7 +228,7 @@ def churn(port: int, records: int, dim: int, round_: int, fraction: float = 0.01
     """Change ``fraction`` of the records: 40% of it updates, 30% deletes, 30% adds."""
     import numpy as np
 
-    from chroma import ChromaStore
+    from chroma_backup.chroma import ChromaStore
 
     chroma = ChromaStore.connect(settings_for(port, "postgresql://unused@localhost/x", "unused"))
     collection = chroma.open(COLLECTION)
@@ -236,7 +237,7 @@ def churn(port: int, records: int, dim: int, round_: int, fraction: float = 0.01
     k = max(3, int(len(ids) * fraction))
     picked = rng.choice(len(ids), size=int(k * 0.7), replace=False)
     update_ids = [ids[i] for i in picked[: int(k * 0.4)]]
-    delete_ids = [ids[i] for i in picked[int(k * 0.4):]]
+    delete_ids = [ids[i] for i in picked[int(k * 0.4) :]]
     updates = synthetic_batch(0, len(update_ids), dim, seed=SEED + 7 + round_)
     updates.ids = update_ids
     chroma.upsert(collection, updates)
@@ -254,13 +255,18 @@ def isolated(fn, *args) -> dict:
 
 # -- the harness --------------------------------------------------------------------------------
 
+
 def summarize(runs: list[dict]) -> dict:
     seconds = [r["seconds"] for r in runs]
     median = statistics.median(seconds)
     records = runs[0]["records"]
-    summary = {"median_seconds": round(median, 3), "runs_seconds": [round(s, 3) for s in seconds],
-               "records": records, "records_per_second": round(records / median, 1) if median else None,
-               "peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1)}
+    summary = {
+        "median_seconds": round(median, 3),
+        "runs_seconds": [round(s, 3) for s in seconds],
+        "records": records,
+        "records_per_second": round(records / median, 1) if median else None,
+        "peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
+    }
     for key in ("bytes_written", "copy_bytes"):
         if key in runs[0]:
             summary[key] = int(statistics.median(r[key] for r in runs))
@@ -288,8 +294,16 @@ def cached_collection(cache_dir: str, records: int, dim: int) -> tuple[Path, dic
         started = time.perf_counter()
         populate(cache, records, dim)
         seconds = time.perf_counter() - started
-        built.write_text(json.dumps({"build_seconds": round(seconds, 1), "records": records, "dim": dim,
-                                     "built_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
+        built.write_text(
+            json.dumps(
+                {
+                    "build_seconds": round(seconds, 1),
+                    "records": records,
+                    "dim": dim,
+                    "built_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                }
+            )
+        )
     return cache, json.loads(built.read_text()) if built.exists() else {"build_seconds": None}
 
 
@@ -299,8 +313,10 @@ def baseline_rss(args, database_url: str, workdir: Path) -> dict:
     cache, _ = cached_collection(args.cache_dir, args.baseline_records, args.dim)
     shutil.copytree(cache, workdir / "baseline")
     with Chroma(workdir / "baseline") as chroma:
-        runs = [isolated(m_backup, chroma.port, database_url, f"bench_{uuid.uuid4().hex[:8]}", args.read_workers)
-                for _ in range(args.repeat)]
+        runs = [
+            isolated(m_backup, chroma.port, database_url, f"bench_{uuid.uuid4().hex[:8]}", args.read_workers)
+            for _ in range(args.repeat)
+        ]
     return summarize(runs)
 
 
@@ -323,20 +339,29 @@ def measure_backups(args, port: int, database_url: str, results: dict, pages: tu
     step("backup_full")
     results["backup_full"] = summarize([isolated(m_backup, port, database_url, t, args.read_workers) for t in tables])
     step("backup_nochange")
-    results["backup_nochange"] = summarize([isolated(m_backup, port, database_url, tables[0], args.read_workers)
-                                            for _ in range(args.repeat)])
+    results["backup_nochange"] = summarize(
+        [isolated(m_backup, port, database_url, tables[0], args.read_workers) for _ in range(args.repeat)]
+    )
     step("verify")
-    results["verify"] = summarize([isolated(m_verify, port, database_url, tables[0], args.read_workers)
-                                   for _ in range(args.repeat)])
+    results["verify"] = summarize(
+        [isolated(m_verify, port, database_url, tables[0], args.read_workers) for _ in range(args.repeat)]
+    )
     return tables[0]
 
 
 def run(args) -> dict:
     cache, build = cached_collection(args.cache_dir, args.records, args.dim)
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
-    results: dict = {"records": args.records, "dim": args.dim, "repeat": args.repeat, "read_workers": args.read_workers,
-                     "machine": f"{os.cpu_count()} cores, {platform_line()}", "scale": args.scale,
-                     "date": time.strftime("%Y-%m-%d"), "build": build}
+    results: dict = {
+        "records": args.records,
+        "dim": args.dim,
+        "repeat": args.repeat,
+        "read_workers": args.read_workers,
+        "machine": f"{os.cpu_count()} cores, {platform_line()}",
+        "scale": args.scale,
+        "date": time.strftime("%Y-%m-%d"),
+        "build": build,
+    }
     server = None
     try:
         shutil.copytree(cache, workdir / "chroma")
@@ -367,11 +392,11 @@ def run_all(args, port: int, database_url: str, results: dict) -> None:
     results["backup_churn"] = summarize(churn_runs)
 
     step("raw_add")
-    results["raw_add"] = summarize([isolated(m_raw_add, port, args.records, args.dim)
-                                    for _ in range(args.repeat)])
+    results["raw_add"] = summarize([isolated(m_raw_add, port, args.records, args.dim) for _ in range(args.repeat)])
     step("restore")
-    results["restore"] = summarize([isolated(m_restore, port, database_url, table, args.read_workers)
-                                    for _ in range(args.repeat)])
+    results["restore"] = summarize(
+        [isolated(m_restore, port, database_url, table, args.read_workers) for _ in range(args.repeat)]
+    )
 
     step(f"storage ({args.storage_rounds} backups with 1% churn)")
     storage_table = f"bench_{uuid.uuid4().hex[:8]}"
@@ -381,8 +406,12 @@ def run_all(args, port: int, database_url: str, results: dict) -> None:
         churn(port, args.records, args.dim, round_=100 + i)
         isolated(m_backup, port, database_url, storage_table, args.read_workers)
     storage_n = size_of(port, database_url, storage_table)
-    results["storage"] = {"storage_1_bytes": storage_1, f"storage_{args.storage_rounds}_bytes": storage_n,
-                          "rounds": args.storage_rounds, "first_backup_records": first["records"]}
+    results["storage"] = {
+        "storage_1_bytes": storage_1,
+        f"storage_{args.storage_rounds}_bytes": storage_n,
+        "rounds": args.storage_rounds,
+        "first_backup_records": first["records"],
+    }
 
 
 def ratios(args, results: dict) -> dict:
@@ -392,18 +421,21 @@ def ratios(args, results: dict) -> dict:
         "backup_nochange/raw_read": round(results["backup_nochange"]["median_seconds"] / raw_read, 3),
         "verify/raw_read": round(results["verify"]["median_seconds"] / raw_read, 3),
         "nochange_bytes/full_bytes": round(
-            results["backup_nochange"]["bytes_written"] / max(1, results["backup_full"]["bytes_written"]), 5),
+            results["backup_nochange"]["bytes_written"] / max(1, results["backup_full"]["bytes_written"]), 5
+        ),
     }
     if not args.scale:
         out["backup_churn/raw_read"] = round(results["backup_churn"]["median_seconds"] / raw_read, 3)
         out["restore/raw_add"] = round(results["restore"]["median_seconds"] / results["raw_add"]["median_seconds"], 3)
         out[f"storage_{args.storage_rounds}/storage_1"] = round(
-            results["storage"][f"storage_{args.storage_rounds}_bytes"] / results["storage"]["storage_1_bytes"], 3)
+            results["storage"][f"storage_{args.storage_rounds}_bytes"] / results["storage"]["storage_1_bytes"], 3
+        )
     base = results.get("backup_full_baseline")
     if base:
         out["backup_rss_growth_mb"] = round(results["backup_full"]["peak_rss_mb"] - base["peak_rss_mb"], 1)
         out["backup_full/backup_full_baseline"] = round(
-            results["backup_full"]["median_seconds"] / base["median_seconds"], 3)
+            results["backup_full"]["median_seconds"] / base["median_seconds"], 3
+        )
     return out
 
 
@@ -425,8 +457,14 @@ def step(name: str) -> None:
     print(f"measuring {name} ...", flush=True)
 
 
-TARGETS = {"backup_rss_growth_mb": 64, "backup_full/raw_read": 0.80, "backup_nochange/raw_read": 0.75,
-           "restore/raw_add": 1.05, "storage_24/storage_1": 1.2, "nochange_bytes/full_bytes": 0.01}
+TARGETS = {
+    "backup_rss_growth_mb": 64,
+    "backup_full/raw_read": 0.80,
+    "backup_nochange/raw_read": 0.75,
+    "restore/raw_add": 1.05,
+    "storage_24/storage_1": 1.2,
+    "nochange_bytes/full_bytes": 0.01,
+}
 
 
 def target_for(key: str, results: dict) -> float | None:
@@ -438,22 +476,36 @@ def target_for(key: str, results: dict) -> float | None:
 def print_table(results: dict) -> None:
     print()
     build = results["build"].get("build_seconds")
-    print(f"{results['records']} records x {results['dim']} dims, median of {results['repeat']}, "
-          f"{results['read_workers']} read workers ({results['machine']}, {results['date']}); "
-          f"collection built in {'%.0f s' % build if build else 'an earlier run'}")
+    print(
+        f"{results['records']} records x {results['dim']} dims, median of {results['repeat']}, "
+        f"{results['read_workers']} read workers ({results['machine']}, {results['date']}); "
+        f"collection built in {f'{build:.0f} s' if build else 'an earlier run'}"
+    )
     print(f"{'operation':<18} {'median s':>9} {'records/s':>11} {'peak RSS MB':>12}")
-    for key in ("raw_read", "backup_full", "backup_nochange", "verify", "backup_churn", "raw_add", "restore",
-                "backup_full_baseline"):
+    for key in (
+        "raw_read",
+        "backup_full",
+        "backup_nochange",
+        "verify",
+        "backup_churn",
+        "raw_add",
+        "restore",
+        "backup_full_baseline",
+    ):
         r = results.get(key)
         if r is None:
             continue
         label = key if key != "backup_full_baseline" else f"backup_full@{r['records']}"
-        print(f"{label:<18} {r['median_seconds']:>9.2f} {r['records_per_second'] or 0:>11.0f} {r['peak_rss_mb']:>12.1f}")
+        print(
+            f"{label:<18} {r['median_seconds']:>9.2f} {r['records_per_second'] or 0:>11.0f} {r['peak_rss_mb']:>12.1f}"
+        )
     s = results.get("storage")
     if s:
-        last = s["storage_%d_bytes" % s["rounds"]]
-        print(f"storage: after 1 backup {s['storage_1_bytes'] / 2**20:.1f} MiB, after {s['rounds']} "
-              f"{last / 2**20:.1f} MiB")
+        last = s[f"storage_{s['rounds']}_bytes"]
+        print(
+            f"storage: after 1 backup {s['storage_1_bytes'] / 2**20:.1f} MiB, after {s['rounds']} "
+            f"{last / 2**20:.1f} MiB"
+        )
     print(f"no-change backup wrote {results['backup_nochange']['bytes_written']} bytes")
     print()
     print(f"{'ratio':<34} {'value':>8} {'target':>9}")
@@ -471,15 +523,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--storage-rounds", type=int, default=24, help="backups in the storage measurement")
     parser.add_argument("--read-workers", type=int, default=3, help="READ_WORKERS for backups and restore verification")
-    parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"),
-                        help="PostgreSQL to use (default: TEST_DATABASE_URL, else an embedded pgserver)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("TEST_DATABASE_URL"),
+        help="PostgreSQL to use (default: TEST_DATABASE_URL, else an embedded pgserver)",
+    )
     parser.add_argument("--cache-dir", default=str(ROOT / "bench" / ".cache"))
-    parser.add_argument("--baseline-records", type=int, default=None,
-                        help="also measure a full backup at this size, for the peak RSS growth and the time's "
-                             "linearity (default: records/5, or 100000 with --scale; 0 = skip)")
-    parser.add_argument("--scale", action="store_true",
-                        help="measure only what grows with the collection: raw_read, backup_full, "
-                             "backup_nochange and verify (for --records 1000000; restore is measured at 100k)")
+    parser.add_argument(
+        "--baseline-records",
+        type=int,
+        default=None,
+        help="also measure a full backup at this size, for the peak RSS growth and the time's "
+        "linearity (default: records/5, or 100000 with --scale; 0 = skip)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="measure only what grows with the collection: raw_read, backup_full, "
+        "backup_nochange and verify (for --records 1000000; restore is measured at 100k)",
+    )
     args = parser.parse_args(argv)
     if args.records < 10 or args.dim < 1 or args.repeat < 1 or args.storage_rounds < 2:
         parser.error("--records >= 10, --dim >= 1, --repeat >= 1, --storage-rounds >= 2")

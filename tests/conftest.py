@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,70 +20,16 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+import psycopg2
 import pytest
-import requests
+
+from chroma_backup.chroma.launcher import LocalChroma, free_port  # noqa: F401 - the tests import it from here
+from chroma_backup.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from config import Settings, load_settings  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def chroma_executable() -> str:
-    candidate = Path(sys.executable).with_name("chroma")
-    return str(candidate) if candidate.exists() else "chroma"
-
-
-class ChromaServer:
-    """A ``chroma run`` process that tests may stop and start again (same data, same port)."""
-
-    def __init__(self, path: Path, port: int | None = None):
-        self.path = path
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
-        self.executable = chroma_executable()
-        self.log = open(path.parent / f"chroma-{self.port}.log", "ab")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> "ChromaServer":
-        self.proc = subprocess.Popen(
-            [self.executable, "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=self.path.parent,  # 0.6.x writes chroma.log into its working directory
-            env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chroma run exited with {self.proc.returncode}")
-            try:
-                if requests.get(self.url + "/api/v2/heartbeat", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("chroma run did not answer its heartbeat")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the server: SIGTERM shuts down gracefully (it finishes serving open keep-alive
-        connections first); SIGKILL is a crash, cutting every connection at once."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
+ChromaServer = LocalChroma  # the one launcher the demo, the benchmark and the tests share
 
 
 @pytest.fixture(scope="session")
@@ -158,8 +103,8 @@ def settings(env) -> Settings:
 
 @pytest.fixture
 def stores(settings):
-    from chroma import ChromaStore
-    from db import Database
+    from chroma_backup.chroma import ChromaStore
+    from chroma_backup.postgres import Database
 
     database = Database(settings)
     database.migrate()
@@ -174,8 +119,9 @@ def client(chroma_server):
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    return chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port,
-                               settings=ChromaSettings(anonymized_telemetry=False))
+    return chromadb.HttpClient(
+        host="127.0.0.1", port=chroma_server.port, settings=ChromaSettings(anonymized_telemetry=False)
+    )
 
 
 @pytest.fixture
@@ -204,10 +150,21 @@ def make_collection(client, name, n, dim=8, *, space=None, seed=0, batch=5000, c
 
 def run_cli(args, env, *, cwd, timeout=300, input=None):
     """``python main.py ARGS`` in a subprocess with exactly ``env`` (plus PATH and HOME)."""
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-                "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], env=full_env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, input=input)
+    full_env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+    )
 
 
 LEGACY_VENV = Path(os.environ.get("CHROMA_063_VENV", Path.home() / ".cache" / "chroma-0.6.3-venv"))
@@ -222,8 +179,12 @@ def legacy_chroma_executable() -> Path | None:
         return exe
     try:
         subprocess.run([sys.executable, "-m", "venv", str(LEGACY_VENV)], check=True, capture_output=True, timeout=300)
-        subprocess.run([str(LEGACY_VENV / "bin" / "pip"), "install", "-q", *LEGACY_REQUIREMENTS], check=True,
-                       capture_output=True, timeout=1200)
+        subprocess.run(
+            [str(LEGACY_VENV / "bin" / "pip"), "install", "-q", *LEGACY_REQUIREMENTS],
+            check=True,
+            capture_output=True,
+            timeout=1200,
+        )
     except (subprocess.SubprocessError, OSError):
         return None
     return exe if exe.exists() else None
@@ -243,3 +204,86 @@ def legacy_chroma_server(short_tmp):
     server.start(timeout=60)
     yield server
     server.stop()
+
+
+# The daemon with every interval short: a backup and a health check every ~2 s.
+FAST = {"EXPORT_INTERVAL_MINUTES": "0.03", "HEALTH_CHECK_INTERVAL_MINUTES": "0.03", "HEALTH_CONFIRM_SECONDS": "0.5"}
+
+
+# -- processes and polling ---------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout=60.0, interval=0.2, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def query(database_url, sql, params=()):
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    except psycopg2.errors.UndefinedTable:
+        return []
+    finally:
+        conn.close()
+
+
+def statuses(database_url, name):
+    return [
+        row[0]
+        for row in query(
+            database_url,
+            "SELECT s.status FROM chroma_data_snapshots s JOIN chroma_data_collections c USING (collection_ref) "
+            "WHERE c.name = %s ORDER BY snapshot_id",
+            (name,),
+        )
+    ]
+
+
+class DaemonProcess:
+    def __init__(self, env, cwd):
+        self.log_path = Path(cwd) / f"daemon-{uuid.uuid4().hex[:6]}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "run"],
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout=10.0) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - started
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def daemons():
+    started = []
+
+    def start(env, cwd):
+        daemon = DaemonProcess(env, cwd)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
