@@ -24,6 +24,14 @@ measures only what grows with the collection (raw_read, backup_full, backup_noch
 million records and the full backup at 100k as the baseline; the collection's build time is
 reported (it is cached with the data directory).
 
+    python bench/bench.py --server --collections 20 --records 100000 [--parallel 1,2,4]
+
+measures a whole-server restore (``restore --all``) of --collections collections of different
+sizes (summing to --records) and spaces in two databases onto an empty server, with each
+--parallel setting, against Chroma's own ``add`` of the same records into the same collections
+with as many writers in the same run (raw_add_pN: do writes to different collections run side by
+side?), and reports the restore time per million records (the RTO).
+
 and prints medians and the ratios the README quotes.  Absolute times on a shared 2-core machine
 are noisy; the ratios are what matter.
 """
@@ -245,6 +253,209 @@ def churn(port: int, records: int, dim: int, round_: int, fraction: float = 0.01
     start = 10 * records + round_ * records
     chroma.add(collection, synthetic_batch(start, start + int(k * 0.3), dim))
     return {"updated": len(update_ids), "deleted": len(delete_ids), "added": int(k * 0.3)}
+
+
+# -- the whole-server case -------------------------------------------------------------------------
+
+SERVER_DATABASES = ("default_database", "bench_b")
+SPACES = ("l2", "cosine", "ip")
+
+
+def server_layout(collections: int, records: int) -> list[tuple[str, str, str, int]]:
+    """(database, name, space, records) of each collection: sizes 1 : 2 : ... : n, summing to
+    ``records``, spaces and databases taken in turn."""
+    total = collections * (collections + 1) // 2
+    sizes = [max(1, records * (i + 1) // total) for i in range(collections)]
+    return [(SERVER_DATABASES[i % 2], f"col-{i:03d}", SPACES[i % 3], size) for i, size in enumerate(sizes)]
+
+
+def server_batches(layout_item: tuple[str, str, str, int], index: int, dim: int, size: int):
+    *_, records = layout_item
+    for start in range(0, records, size):
+        yield synthetic_batch(start, min(records, start + size), dim, seed=SEED + index)
+
+
+def write_server(port: int, layout: list[tuple[str, str, str, int]], dim: int, writers: int) -> float:
+    """Chroma's own speed: create the collections and ``add`` their records, ``writers``
+    collections at a time (each writer its own connection), largest first; returns seconds."""
+    import queue
+    import threading
+
+    from chroma_backup.chroma import ChromaStore, CollectionInfo
+
+    settings = settings_for(port, "postgresql://unused@localhost/x", "unused")
+    for database in SERVER_DATABASES:
+        ChromaStore.connect(settings, database=database, create=True).close()
+    pending: queue.Queue = queue.Queue()
+    for index, item in sorted(enumerate(layout), key=lambda pair: -pair[1][3]):
+        pending.put((index, item))
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        stores: dict[str, ChromaStore] = {}
+        try:
+            while True:
+                try:
+                    index, item = pending.get_nowait()
+                except queue.Empty:
+                    return
+                database, name, space, _ = item
+                if database not in stores:
+                    stores[database] = ChromaStore.connect(settings, database=database)
+                chroma = stores[database]
+                info = CollectionInfo("", name, None, {"hnsw": {"space": space}}, None, dim, chroma.server_version)
+                collection = chroma.create(name, info)
+                for batch in server_batches(item, index, dim, chroma.batch_size()):
+                    chroma.add(collection, batch)
+        except BaseException as error:  # raised in the caller
+            errors.append(error)
+        finally:
+            for store in stores.values():
+                store.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - started
+
+
+def m_raw_add_server(path: str, layout: list, dim: int, writers: int) -> dict:
+    with Chroma(Path(path)) as server:
+        seconds = write_server(server.port, layout, dim, writers)
+    return {"seconds": seconds, "records": sum(item[3] for item in layout), "rss_mb": _peak_rss_mb()}
+
+
+def m_backup_server(port: int, database_url: str, table: str, layout: list) -> dict:
+    from chroma_backup.chroma import ChromaStore
+    from chroma_backup.core import export_collection_to_postgres
+    from chroma_backup.postgres import Database
+
+    settings = settings_for(port, database_url, table)
+    database = Database(settings)
+    database.migrate()
+    started = time.perf_counter()
+    for db_name in SERVER_DATABASES:
+        chroma = ChromaStore.connect(settings, database=db_name)
+        for item in layout:
+            if item[0] == db_name:
+                export_collection_to_postgres(chroma, database, item[1])
+        chroma.close()
+    return {"seconds": time.perf_counter() - started, "records": sum(item[3] for item in layout), "rss_mb": 0.0}
+
+
+def m_restore_server(path: str, database_url: str, table: str, parallel: int) -> dict:
+    """``restore --all`` as the CLI runs it, onto an empty server."""
+    from chroma_backup.app.operations import Operations
+    from chroma_backup.app.runtime import Backend
+    from chroma_backup.settings import load_settings
+
+    with Chroma(Path(path)) as server:
+        settings = load_settings(
+            {
+                "CHROMADB_HOST": "127.0.0.1",
+                "CHROMADB_PORT": str(server.port),
+                "DATABASE_URL": database_url,
+                "BACKUP_TABLE": table,
+                "CHROMA_DATABASE": "*",
+                "CHROMA_COLLECTION_NAME": "*",
+            },
+            env_file=None,
+        )
+        backend = Backend(settings)
+        ops = Operations(backend)
+        try:
+            started = time.perf_counter()
+            result = ops.restore_all(parallel=parallel)
+            seconds = time.perf_counter() - started
+        finally:
+            ops.close()
+            backend.close()
+    if not result.ok:
+        raise RuntimeError(f"restore --all failed: {result.as_json()}")
+    return {"seconds": seconds, "records": result.records, "rss_mb": _peak_rss_mb()}
+
+
+def run_server(args) -> dict:
+    layout = server_layout(args.collections, args.records)
+    parallels = sorted({int(p) for p in args.parallel.split(",")})
+    workdir = Path(tempfile.mkdtemp(prefix="bench-server-", dir="/tmp"))
+    results: dict = {
+        "mode": "server",
+        "collections": args.collections,
+        "records": args.records,
+        "dim": args.dim,
+        "repeat": args.repeat,
+        "parallel": parallels,
+        "machine": f"{os.cpu_count()} cores, {platform_line()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "layout": [{"database": d, "name": n, "space": s, "records": r} for d, n, s, r in layout],
+    }
+    server = None
+    try:
+        database_url, server = database_url_from(args, workdir)
+        source = workdir / "source"
+        step(f"building {args.collections} collections ({args.records} records x {args.dim})")
+        results["build"] = {
+            "seconds": round(isolated(m_raw_add_server, str(source), layout, args.dim, 1)["seconds"], 1)
+        }
+        table = f"bench_{uuid.uuid4().hex[:8]}"
+        with Chroma(source) as chroma:
+            step("backup of every collection")
+            results["backup_all"] = summarize([isolated(m_backup_server, chroma.port, database_url, table, layout)])
+        for parallel in parallels:
+            step(f"raw_add with {parallel} writer(s)")
+            results[f"raw_add_p{parallel}"] = summarize(
+                [
+                    isolated(m_raw_add_server, str(workdir / f"raw-{parallel}-{i}"), layout, args.dim, parallel)
+                    for i in range(args.repeat)
+                ]
+            )
+            step(f"restore --all --parallel {parallel}")
+            results[f"restore_all_p{parallel}"] = summarize(
+                [
+                    isolated(m_restore_server, str(workdir / f"dr-{parallel}-{i}"), database_url, table, parallel)
+                    for i in range(args.repeat)
+                ]
+            )
+            for i in range(args.repeat):
+                shutil.rmtree(workdir / f"raw-{parallel}-{i}", ignore_errors=True)
+                shutil.rmtree(workdir / f"dr-{parallel}-{i}", ignore_errors=True)
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+    base = results[f"raw_add_p{parallels[0]}"]["median_seconds"]
+    ratios_: dict[str, float] = {}
+    for parallel in parallels:
+        restore = results[f"restore_all_p{parallel}"]["median_seconds"]
+        raw = results[f"raw_add_p{parallel}"]["median_seconds"]
+        ratios_[f"raw_add_p{parallel}/raw_add_p{parallels[0]}"] = round(raw / base, 3)
+        ratios_[f"restore_all_p{parallel}/raw_add_p{parallel}"] = round(restore / raw, 3)
+        ratios_[f"restore_all_p{parallel}/raw_add_p{parallels[0]}"] = round(restore / base, 3)
+        ratios_[f"rto_p{parallel}_seconds_per_million"] = round(restore / args.records * 1e6, 1)
+    results["ratios"] = ratios_
+    return results
+
+
+def print_server_table(results: dict) -> None:
+    print()
+    print(
+        f"whole server: {results['collections']} collections, {results['records']} records x {results['dim']} dims "
+        f"in 2 databases, median of {results['repeat']} ({results['machine']}, {results['date']}); built in "
+        f"{results['build']['seconds']:.0f} s"
+    )
+    print(f"{'operation':<18} {'median s':>9} {'records/s':>11}")
+    for key, r in results.items():
+        if isinstance(r, dict) and "median_seconds" in r:
+            print(f"{key:<18} {r['median_seconds']:>9.2f} {r['records_per_second'] or 0:>11.0f}")
+    print()
+    for key, value in results["ratios"].items():
+        print(f"{key:<40} {value:>10}")
 
 
 def isolated(fn, *args) -> dict:
@@ -542,7 +753,22 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only what grows with the collection: raw_read, backup_full, "
         "backup_nochange and verify (for --records 1000000; restore is measured at 100k)",
     )
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="the whole-server case: restore --all of --collections collections against Chroma's own add",
+    )
+    parser.add_argument("--collections", type=int, default=20, help="collections of the --server case")
+    parser.add_argument("--parallel", default="1,2,4", help="--server: the parallel settings measured, e.g. 1,2,4")
     args = parser.parse_args(argv)
+    if args.server:
+        if args.collections < 1 or args.records < args.collections:
+            parser.error("--collections >= 1 and --records >= --collections")
+        results = run_server(args)
+        print_server_table(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
     if args.records < 10 or args.dim < 1 or args.repeat < 1 or args.storage_rounds < 2:
         parser.error("--records >= 10, --dim >= 1, --repeat >= 1, --storage-rounds >= 2")
     if args.baseline_records is None:

@@ -1,8 +1,8 @@
 """The one error tree of the program.
 
-Store modules (``db.py``, ``chroma.py``) translate driver errors into these classes; the domain
-raises them; ``main()`` alone turns them into exit codes.  ``transient`` marks errors worth
-retrying (the service may come back); everything else fails the run at once.
+The doors (``chroma_backup.postgres``, ``chroma_backup.chroma``) translate driver errors into these
+classes; the domain raises them; ``main()`` alone turns them into exit codes.  ``transient`` marks
+errors worth retrying (the service may come back); everything else fails the run at once.
 """
 
 
@@ -43,6 +43,10 @@ class ChromaFailure(BackupError):
 
 class CollectionNotFound(BackupError):
     """The named Chroma collection does not exist."""
+
+
+class DatabaseNotFound(CollectionNotFound):
+    """The tenant or database does not exist on the Chroma server (so neither do its collections)."""
 
 
 class CollectionExists(BackupError):

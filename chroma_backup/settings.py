@@ -369,6 +369,20 @@ class Settings:
     auto_restore: bool = setting(
         "AUTO_RESTORE", True, "restore a missing/corrupt/shrunk collection into NEW_COLLECTION_NAME", boolean(True)
     )
+    wiped_server_recovery: str = setting(
+        "WIPED_SERVER_RECOVERY",
+        "original",
+        "when every selected collection with backups is gone at once (a wiped server) and AUTO_RESTORE: "
+        "original = one whole-server restore under the original names and databases; per_collection = "
+        "each into NEW_COLLECTION_NAME",
+        choice("original", ("original", "per_collection")),
+    )
+    restore_parallel: int = setting(
+        "RESTORE_PARALLEL",
+        2,
+        "collections a whole-server restore (restore --all, wiped-server recovery) restores at once",
+        integer(2, 1, 32),
+    )
     retry_max_attempts: int = setting(
         "RETRY_MAX_ATTEMPTS", 5, "attempts for an operation failing with a transient error", integer(5, 1)
     )

@@ -33,6 +33,15 @@ NO_SNAPSHOT = "no_snapshot"
 RECOVERY_FAILED = "failed"
 RECOVERED = (RESTORED, ALREADY_RESTORED, RECOVERED_ITSELF)
 
+# What a whole-server restore (``restore --all``) plans for a collection; a planned collection's
+# outcome is RESTORED or FAILED once it ran, its action when nothing was done for it.
+RESTORE = "restore"
+OVERWRITE = "overwrite"
+CONFLICT = "conflict"  # the target exists: neither --overwrite nor --skip-existing
+SKIP_EXISTING = "skip_existing"
+LEFT_OUT = "left_out"  # not part of the server any more (the detail says why)
+# (ALREADY_RESTORED and NO_SNAPSHOT above are used too)
+
 # Who asked for a restore.
 TRIGGER_CLI = "cli"
 TRIGGER_AUTO = "auto"

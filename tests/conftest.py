@@ -82,6 +82,48 @@ def chroma_server(short_tmp):
 
 
 @pytest.fixture
+def own_chroma_server(short_tmp):
+    """A Chroma server of this test's own (to be wiped, killed or restarted)."""
+    server = ChromaServer(short_tmp / ("own-" + uuid.uuid4().hex[:6])).start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+def wipe(server):
+    """The 3 a.m. case: the volume is gone and the server comes back empty."""
+    server.stop(signal.SIGKILL)
+    shutil.rmtree(server.path)
+    server.start()
+
+
+def client_for(server, database="default_database"):
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    return chromadb.HttpClient(
+        host="127.0.0.1", port=server.port, database=database, settings=ChromaSettings(anonymized_telemetry=False)
+    )
+
+
+def create_databases(server, names):
+    """Create databases (other than Chroma's default one) on a server."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    admin = chromadb.AdminClient(
+        ChromaSettings(
+            chroma_api_impl="chromadb.api.fastapi.FastAPI",
+            chroma_server_host="127.0.0.1",
+            chroma_server_http_port=server.port,
+            anonymized_telemetry=False,
+        )
+    )
+    for name in names:
+        if name != "default_database":
+            admin.create_database(name)
+
+
+@pytest.fixture
 def env(database_url, chroma_server, tmp_path):
     """Environment for the program against the test's database and the session's Chroma."""
     return {

@@ -59,6 +59,7 @@ class FakeChroma:
 
     def __init__(self, names: dict[str, str] | None = None, database: str = "default_database"):
         self.collections = dict(names or {})  # name -> collection id
+        self.counts: dict[str, int] = {}  # name -> records (10 when not set)
         self.tenant, self.database, self.address, self.server_version = (
             "default_tenant",
             database,
@@ -78,6 +79,9 @@ class FakeChroma:
 
     def list_collection_names(self) -> list[str]:
         return sorted(self.collections)
+
+    def count(self, collection: Collection) -> int:
+        return self.counts.get(collection.name, 10)
 
     def describe(self, collection: Collection) -> CollectionInfo:
         return CollectionInfo(collection.id, collection.name, None, None, None, 8, self.server_version)
@@ -123,10 +127,39 @@ class FakeRestores:
         return self.working
 
 
+@dataclass
+class FakeVerdicts:
+    history: dict[int, list[str]] = field(default_factory=dict)  # collection ref -> statuses, oldest first
+
+    def latest(self, collection_ref: int, *, besides: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        found = [status for status in self.history.get(collection_ref, []) if status not in besides]
+        return {"status": found[-1], "detail": f"collection does not exist; {found[-1]} earlier"} if found else None
+
+
 class FakeDb:
-    def __init__(self, snapshots: list[Snapshot] | None = None, restores: FakeRestores | None = None):
+    def __init__(
+        self,
+        snapshots: list[Snapshot] | None = None,
+        restores: FakeRestores | None = None,
+        verdicts: FakeVerdicts | None = None,
+    ):
         self.catalog = FakeCatalog(snapshots or [])
         self.restores = restores or FakeRestores()
+        self.verdicts = verdicts or FakeVerdicts()
+
+
+@dataclass
+class FakeServer:
+    """A target server for the whole-server planner: its databases, each a ``FakeChroma``."""
+
+    stores: dict[str, FakeChroma] = field(default_factory=dict)
+    address: str = "http://fake"
+
+    def databases(self) -> set[str]:
+        return set(self.stores)
+
+    def store(self, database: str) -> FakeChroma | None:
+        return self.stores.get(database)
 
 
 @dataclass

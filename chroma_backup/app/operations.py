@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 from chroma_backup.app.names import Names, Where
 from chroma_backup.app.rounds import HealthReport, ProgressFactory, Rounds
 from chroma_backup.app.runtime import Backend
-from chroma_backup.app.stores import Stores
+from chroma_backup.app.server_restore import ServerRestoreResult, restore_server
+from chroma_backup.app.stores import Server, Stores
 from chroma_backup.catalog import Snapshot
 from chroma_backup.chroma import ChromaStore
 from chroma_backup.core.backup import BackupResult, SnapshotLabel, export_collection_to_postgres
@@ -25,23 +27,15 @@ from chroma_backup.core.health import HealthVerdict
 from chroma_backup.core.reading import Progress
 from chroma_backup.core.restore import RestoreRequest, RestoreResult, restore_snapshot
 from chroma_backup.core.retention import PruneResult, prune_snapshots
+from chroma_backup.core.server_restore import PlannedRestore, ServerRestoreOptions, expand_name
 from chroma_backup.core.snapshots import resolve_snapshot
 from chroma_backup.core.verify import VerifyResult, verify_collection
-from chroma_backup.errors import CollectionBusy, VerificationFailed
+from chroma_backup.errors import CollectionBusy, SnapshotNotFound, UsageError, VerificationFailed
 from chroma_backup.postgres import Database
 from chroma_backup.settings import validate_collection_name
 from chroma_backup.states import COMPLETE, OK, RECOVERED_INTO, RESTORED, SHRUNK, TRIGGER_CLI
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Server:
-    """Another Chroma server than the configured one (any part left None is the configured one's)."""
-
-    host: str | None = None
-    port: int | None = None
-    ssl: bool | None = None
 
 
 @dataclass
@@ -180,6 +174,56 @@ class Operations:
                 f" differences={'; '.join(result.differences)}" if result.differences else "",
             )
         return result
+
+    def restore_all(
+        self,
+        requested: list[str] | None = None,
+        *,
+        at: datetime | None = None,
+        name_template: str = "{name}",
+        overwrite: bool = False,
+        skip_existing: bool = False,
+        dry_run: bool = False,
+        reason: str | None = None,
+        server: Server = Server(),
+        parallel: int | None = None,
+        progress: Progress | None = None,
+        on_plan: Callable[[ServerRestoreResult], None] | None = None,
+        on_done: Callable[[PlannedRestore], None] | None = None,
+        trigger: str = TRIGGER_CLI,
+    ) -> ServerRestoreResult:
+        """Restore every selected collection the catalog has backups of (``app.server_restore``)."""
+        if overwrite and skip_existing:
+            raise UsageError("--overwrite and --skip-existing exclude each other")
+        rest = name_template.replace("{name}", "")
+        if "{name}" not in name_template or "{" in rest or "}" in rest:
+            raise UsageError(f"--name-template: expected a collection name containing {{name}}, got {name_template!r}")
+        validate_collection_name(expand_name(name_template, "abc"), "--name-template")
+        sources = self.names.backed_up(requested)
+        if not sources:
+            raise SnapshotNotFound(
+                "nothing to restore: the catalog has no backups in database(s) "
+                + (", ".join(self.names.backed_up_databases()) or "-")
+            )
+        return restore_server(
+            self.backend,
+            self.stores,
+            sources,
+            options=ServerRestoreOptions(
+                at=at,
+                name_template=name_template,
+                overwrite=overwrite,
+                skip_existing=skip_existing,
+                trigger=trigger,
+                reason=reason,
+            ),
+            target=server,
+            parallel=parallel or self.settings.restore_parallel,
+            dry_run=dry_run,
+            run=self.rounds.run_options(progress),
+            on_plan=on_plan,
+            on_done=on_done,
+        )
 
     def verify(
         self, name: str | None, *, snapshot_id: int | None = None, target: str | None = None, server: Server = Server()

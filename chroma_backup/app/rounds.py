@@ -14,14 +14,47 @@ from datetime import datetime, timezone
 from typing import Any
 
 from chroma_backup.app.names import Names, Where
+from chroma_backup.app.server_restore import restore_server
 from chroma_backup.app.stores import Stores
 from chroma_backup.core.backup import BackupResult, SnapshotLabel, export_collection_to_postgres
-from chroma_backup.core.health import HealthVerdict, check_collection_health
+from chroma_backup.core.health import HealthVerdict, check_collection_health, missing_database_verdict
 from chroma_backup.core.reading import Progress, RunOptions
-from chroma_backup.core.recovery import Recovery, check_and_recover, origin_of, recover_collection
+from chroma_backup.core.recovery import (
+    Recovery,
+    check_and_recover,
+    gone,
+    origin_of,
+    recover_collection,
+    wait_to_confirm,
+    wiped,
+)
 from chroma_backup.core.selection import health_targets, selected_collections
-from chroma_backup.errors import BackupError, ChromaUnavailable, CollectionNotFound, Interrupted, unexpected
-from chroma_backup.states import COMPLETE, FAILED, GONE, RECOVERED, UNREACHABLE
+from chroma_backup.core.server_restore import PlannedRestore, ServerRestoreOptions, Source
+from chroma_backup.errors import (
+    BackupError,
+    ChromaUnavailable,
+    CollectionNotFound,
+    DatabaseNotFound,
+    Interrupted,
+    unexpected,
+)
+from chroma_backup.states import (
+    ALREADY_RESTORED,
+    BLOCKED,
+    COMPLETE,
+    CONFLICT,
+    FAILED,
+    GONE,
+    LEFT_OUT,
+    OVERWRITE,
+    RECOVERED,
+    RECOVERY_FAILED,
+    RESTORABLE,
+    RESTORE,
+    RESTORED,
+    TRIGGER_AUTO,
+    UNREACHABLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +101,7 @@ class HealthReport:
     verdict: HealthVerdict
     recovery: Recovery | None = None
     since: str | None = None
+    wiped: bool = False  # gone with every other collection with backups: a wiped server
 
     @property
     def collection(self) -> str:
@@ -82,6 +116,7 @@ class HealthReport:
         return {
             **self.verdict.as_json(),
             "since": self.since,
+            "wiped": self.wiped,
             "recovery": self.recovery.as_json() if self.recovery else None,
         }
 
@@ -163,13 +198,18 @@ class Rounds:
     def check(self, where: Where, *, min_ratio: float | None = None) -> HealthVerdict:
         """One verdict (kept in the health history)."""
         s, db = self.settings, self.stores.db
-        verdict = check_collection_health(
-            self.stores.chroma_for(where.database),
-            db,
-            where.name,
-            min_ratio=s.health_min_record_ratio if min_ratio is None else min_ratio,
-            sample_size=s.health_sample_size,
-        )
+        try:
+            chroma = self.stores.chroma_for(where.database)
+        except DatabaseNotFound as error:
+            verdict = missing_database_verdict(db, s.chroma_tenant, where.database, where.name, str(error))
+        else:
+            verdict = check_collection_health(
+                chroma,
+                db,
+                where.name,
+                min_ratio=s.health_min_record_ratio if min_ratio is None else min_ratio,
+                sample_size=s.health_sample_size,
+            )
         # A collection seen for the first time gets its catalog row now, so its history starts here.
         ref = db.catalog.collection_ref(
             s.chroma_tenant, where.database, where.name, create=verdict.status not in (*GONE, UNREACHABLE)
@@ -180,57 +220,134 @@ class Rounds:
 
     def health_round(self, requested: list[str] | None = None, *, restore: bool = False) -> list[HealthReport]:
         """Check every selected collection (and, with ``restore``, recover confirmed failures);
-        with ``*``, also every collection that has backups (a deleted one is ``missing``)."""
+        with ``*``, also every collection that has backups (a deleted one is ``missing``).  When
+        every collection with backups is gone at once, that is one event, a wiped server, and its
+        recovery is one whole-server restore (``_server_wiped``)."""
         unreachable: str | None = None
         try:
-            chosen = self.names.selected(requested, health_targets)
+            chosen = self.names.selected(requested, health_targets, with_backups=True)
         except ChromaUnavailable as error:  # every collection we know of is unreachable
             unreachable = str(error)
             chosen = [self.names.resolve(r) for r in requested] if requested else self.names.catalog_targets()
-        reports = []
+        checked: list[tuple[Where, HealthReport]] = []
         for where in chosen:
             if self._stopping():
                 break
-            report = (
-                HealthReport(_unreachable(where.name, unreachable))
-                if unreachable
-                else self._isolated_health(where, restore)
+            checked.append(
+                (where, HealthReport(_unreachable(where.name, unreachable)) if unreachable else self._checked(where))
             )
+        if wiped([report.verdict for _, report in checked]):
+            self._server_wiped(checked, restore)
+        elif restore:
+            for where, report in checked:
+                if not self._stopping() and report.verdict.status in RESTORABLE:
+                    self._recovered(where, report)
+        for where, report in checked:
             report.since = self._since(where)
             report.verdict.collection = self.names.label(where)
             if report.recovery is not None:
                 report.recovery.collection = report.verdict.collection
             log_verdict(report.verdict)
-            reports.append(report)
-        return reports
+        return [report for _, report in checked]
 
-    def _isolated_health(self, where: Where, restore: bool) -> HealthReport:
-        s = self.settings
+    def _checked(self, where: Where) -> HealthReport:
+        """One collection's verdict; an unexpected error is its verdict, the round goes on."""
         try:
-            chroma = self.stores.chroma_for(where.database)
-        except ChromaUnavailable as error:
-            return HealthReport(_unreachable(where.name, str(error)))
-        recovery: Recovery | None
-        try:
-            verdict, recovery = check_and_recover(
-                lambda: self.check(where),
-                lambda v: recover_collection(
-                    chroma, self.stores.db, v, target_name=s.target_name, run=self.run_options()
-                ),
-                confirm_seconds=s.health_confirm_seconds,
-                restore=restore,
-                stop=self.stores.stop,
-            )
+            return HealthReport(self.check(where))
         except Interrupted:
             raise
         except Exception as error:  # the collection's boundary: the round goes on
             log.debug("health collection=%s unexpected error", where.name, exc_info=True)
             message = error if isinstance(error, BackupError) else unexpected(error)
-            verdict = HealthVerdict(
-                where.name, FAILED, f"health check failed: {message}", None, None, None, _now(), 0.0
+            return HealthReport(
+                HealthVerdict(where.name, FAILED, f"health check failed: {message}", None, None, None, _now(), 0.0)
             )
-            recovery = None
-        return HealthReport(verdict, recovery)
+
+    def _recovered(self, where: Where, report: HealthReport) -> None:
+        """The recovery policy for one collection whose verdict is restorable (confirmed first)."""
+        s = self.settings
+        try:
+            chroma = self.stores.chroma_for(where.database, create=True)
+            report.verdict, report.recovery = check_and_recover(
+                lambda: self.check(where),
+                lambda v: recover_collection(
+                    chroma, self.stores.db, v, target_name=s.target_name, run=self.run_options()
+                ),
+                confirm_seconds=s.health_confirm_seconds,
+                restore=True,
+                stop=self.stores.stop,
+                first=report.verdict,
+            )
+        except Interrupted:
+            raise
+        except Exception as error:  # the collection's boundary: the round goes on
+            log.debug("recovery collection=%s unexpected error", where.name, exc_info=True)
+            message = str(error) if isinstance(error, BackupError) else unexpected(error)
+            report.recovery = Recovery(where.name, RECOVERY_FAILED, message)
+
+    def _server_wiped(self, checked: list[tuple[Where, HealthReport]], restore: bool) -> None:
+        """Every collection with backups is gone at once: one log line, each verdict says so, and
+        with ``restore`` (confirmed after HEALTH_CONFIRM_SECONDS) one whole-server restore under the
+        original names and databases (WIPED_SERVER_RECOVERY=original), or each collection's own
+        recovery (per_collection)."""
+        s = self.settings
+        lost = [(where, report) for where, report in checked if report.verdict.snapshot_id is not None]
+        databases = sorted({where.database for where, _ in lost})
+        log.error(
+            "health server=%s status=wiped collections=%d databases=%s detail=every selected collection with "
+            "backups is gone at once",
+            self.stores.chroma.address,
+            len(lost),
+            ",".join(databases),
+        )
+        note = f"; the server lost every selected collection ({len(lost)} with backups, all gone at once)"
+        for _, report in lost:
+            report.wiped = True
+            report.verdict.detail += note
+        if not restore:
+            return
+        if s.wiped_server_recovery == "per_collection":
+            for where, report in lost:
+                if not self._stopping() and report.verdict.status in RESTORABLE:
+                    self._recovered(where, report)
+            return
+        log.warning("health status=wiped confirming_in=%.0fs", s.health_confirm_seconds)
+        if not wait_to_confirm(s.health_confirm_seconds, self.stores.stop):
+            return
+        again = [(where, self._checked(where)) for where, _ in checked]
+        if not wiped([report.verdict for _, report in again]):  # not (or no longer) all gone
+            for (where, report), (_, fresh) in zip(checked, again, strict=True):
+                report.verdict, report.wiped = fresh.verdict, False
+                if report.verdict.status in RESTORABLE and not self._stopping():
+                    self._recovered(where, report)
+            return
+        self._restore_server(lost, note)
+
+    def _restore_server(self, lost: list[tuple[Where, HealthReport]], note: str) -> None:
+        s = self.settings
+        sources = [Source(where.database, where.name) for where, report in lost if gone(report.verdict)]
+        options = ServerRestoreOptions(replace_empty=True, trigger=TRIGGER_AUTO, reason="server wiped" + note)
+        try:
+            result = restore_server(
+                self.stores.backend,
+                self.stores,
+                sources,
+                options=options,
+                parallel=s.restore_parallel,
+                run=self.run_options(),
+            )
+        except Interrupted:
+            raise
+        except BackupError as error:
+            log.error("recovery server=%s action=failed error=%s", self.stores.chroma.address, error)
+            for where, report in lost:
+                report.recovery = Recovery(where.name, RECOVERY_FAILED, f"whole-server restore failed: {error}")
+            return
+        items = {(item.database, item.collection): item for item in result.plan}
+        for where, report in lost:
+            item = items.get((where.database, where.name))
+            if item is not None:
+                report.recovery = _recovery_of(item, result.refused)
 
     def _since(self, where: Where) -> str | None:
         db = self.stores.db
@@ -240,6 +357,23 @@ class Rounds:
         except BackupError:
             return None
         return current[1].isoformat() if current else None
+
+
+def _recovery_of(item: PlannedRestore, refused: str | None) -> Recovery | None:
+    """What the whole-server restore did for one collection, as its recovery."""
+    outcome = item.outcome or item.action
+    if refused and outcome in (RESTORE, OVERWRITE):  # the plan could not run: nothing was restored
+        return Recovery(item.collection, BLOCKED, refused, item.target, item.snapshot_id, in_place=True)
+    if outcome == LEFT_OUT:
+        return None
+    action = {RESTORED: RESTORED, ALREADY_RESTORED: ALREADY_RESTORED, CONFLICT: BLOCKED}.get(outcome, RECOVERY_FAILED)
+    if action == RESTORED:
+        detail = f"whole-server restore: snapshot {item.snapshot_id} under its own name"
+        if item.differences:
+            detail += f" (records identical; configuration differs: {'; '.join(item.differences)})"
+    else:
+        detail = item.error or item.detail or outcome
+    return Recovery(item.collection, action, detail, item.target, item.snapshot_id, item.restore, in_place=True)
 
 
 def _now() -> str:

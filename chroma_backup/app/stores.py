@@ -6,14 +6,29 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from chroma_backup.app.retry import call_with_retry
 from chroma_backup.app.runtime import Backend
 from chroma_backup.chroma import ChromaStore
+from chroma_backup.chroma.store import server_address
 from chroma_backup.postgres import Database
+from chroma_backup.settings import Settings
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A Chroma server to work on; any part left None is the configured server's."""
+
+    host: str | None = None
+    port: int | None = None
+    ssl: bool | None = None
+
+    def address(self, settings: Settings) -> str:
+        return server_address(settings, self.host, self.port, self.ssl)
 
 
 class Stores:
@@ -64,34 +79,49 @@ class Stores:
         """The store of the first configured database."""
         return self.chroma_for(self.settings.chroma_database)
 
-    def chroma_for(self, database: str) -> ChromaStore:
-        """The configured server's store for ``database`` (kept until ``close``)."""
+    def chroma_for(self, database: str, *, create: bool = False) -> ChromaStore:
+        """The configured server's store for ``database`` (kept until ``close``); ``create``
+        creates the database (and the tenant) when the server has none by that name."""
         if database not in self._chromas:
-            store = self._connect(None, None, None, database)
+            store = self._connect(None, None, None, database, create)
             self._stack.callback(store.close)
             self._chromas[database] = store
         return self._chromas[database]
 
     @contextmanager
     def chroma_at(
-        self, host: str | None = None, port: int | None = None, ssl: bool | None = None, *, database: str | None = None
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        ssl: bool | None = None,
+        *,
+        database: str | None = None,
+        create: bool = False,
     ) -> Iterator[ChromaStore]:
         """The store of the server named by host/port/ssl (default: the configured one) for one
         operation: another server's is closed when the operation ends."""
         database = database or self.settings.chroma_database
         if host is None and port is None and ssl is None:
-            yield self.chroma_for(database)
+            yield self.chroma_for(database, create=create)
             return
-        store = self._connect(host, port, ssl, database)
+        store = self._connect(host, port, ssl, database, create)
         try:
             yield store
         finally:
             store.close()
 
-    def _connect(self, host: str | None, port: int | None, ssl: bool | None, database: str) -> ChromaStore:
+    def _connect(
+        self, host: str | None, port: int | None, ssl: bool | None, database: str, create: bool = False
+    ) -> ChromaStore:
         return self.retry(
             lambda: ChromaStore.connect(
-                self.settings, host=host, port=port, ssl=ssl, timeout=self.chroma_timeout, database=database
+                self.settings,
+                host=host,
+                port=port,
+                ssl=ssl,
+                timeout=self.chroma_timeout,
+                database=database,
+                create=create,
             ),
             "chroma connect",
         )

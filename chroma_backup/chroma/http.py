@@ -10,11 +10,20 @@ Errors by status and by the error name in the body, never by message text: 502/5
 connection failures are ``ChromaUnavailable`` (transient), 413 is ``RequestTooLarge`` (the writer
 halves its requests), ``NotFoundError`` (1.x) and ``InvalidCollection`` (0.6.x) are
 ``CollectionNotFound``, anything else the server refuses is ``ChromaFailure``.
+
+A 429 (the server's, or a proxy's, "too many requests": Chroma 1.x answers it when its own limits
+are hit) refused the request before doing anything with it, so the transport waits and sends the
+same request again: Retry-After when the answer gives one, else a capped exponential backoff with
+jitter, at most THROTTLE_ATTEMPTS times within THROTTLE_SECONDS, each wait logged with its attempt
+count; then ``Throttled`` (transient) goes up like any unavailability.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +34,15 @@ import orjson
 
 from chroma_backup.errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, first_line
 
+log = logging.getLogger(__name__)
+
 TRANSIENT_STATUS = {502, 503, 504}
 TOO_LARGE_STATUS = 413
+THROTTLED_STATUS = 429
+THROTTLE_ATTEMPTS = 8  # requests sent in all while the server answers 429
+THROTTLE_SECONDS = 60.0  # and at most this long spent waiting for it
+THROTTLE_FIRST_WAIT = 0.25  # then doubled, capped at THROTTLE_MAX_WAIT, +-25% jitter
+THROTTLE_MAX_WAIT = 8.0
 NOT_FOUND_ERRORS = {"NotFoundError", "InvalidCollection"}
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -40,6 +56,10 @@ def encode(value: Any) -> bytes:
 
 class RequestTooLarge(ChromaFailure):
     """The server (or a proxy in front of it) refused a request body as too large (HTTP 413)."""
+
+
+class Throttled(ChromaUnavailable):
+    """The server kept answering 429 (too many requests) for longer than the transport waits."""
 
 
 def _first(text: str) -> str:
@@ -67,6 +87,8 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
         return
     if status in TRANSIENT_STATUS:
         raise ChromaUnavailable(f"Chroma answered HTTP {status} during {what}")
+    if status == THROTTLED_STATUS:
+        raise Throttled(f"Chroma answered HTTP 429 (too many requests) during {what}")
     if status == TOO_LARGE_STATUS:
         raise RequestTooLarge(f"Chroma refused a request as too large (HTTP 413) during {what}")
     if not response.is_closed:
@@ -77,6 +99,43 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
     if name:
         raise ChromaFailure(f"Chroma error during {what}: {name}: {message}".rstrip(": "))
     raise ChromaFailure(f"Chroma answered HTTP {status} during {what}: {message}".rstrip(": "))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds a 429 answer asks us to wait (None: it does not say, or says it as a date)."""
+    try:
+        return max(0.0, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class _Throttle:
+    """The waits of one request while the server answers it 429 (module docstring)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.attempt = 1
+        self.deadline = time.monotonic() + THROTTLE_SECONDS
+        self.backoff = THROTTLE_FIRST_WAIT
+
+    def wait(self, response: httpx.Response) -> bool:
+        """Wait before the request is sent again; False when it is time to give up instead."""
+        delay = _retry_after(response)
+        if delay is None:
+            delay = self.backoff * random.uniform(0.75, 1.25)
+            self.backoff = min(THROTTLE_MAX_WAIT, self.backoff * 2)
+        if self.attempt >= THROTTLE_ATTEMPTS or time.monotonic() + delay > self.deadline:
+            return False
+        log.warning(
+            "chroma throttled what=%s status=429 attempt=%d/%d wait=%.2fs",
+            self.what,
+            self.attempt,
+            THROTTLE_ATTEMPTS,
+            delay,
+        )
+        time.sleep(delay)
+        self.attempt += 1
+        return True
 
 
 @contextmanager
@@ -131,22 +190,31 @@ class Transport:
     ) -> bytes:
         """A request, its answer's bytes (for answers decoded elsewhere)."""
         content = raw if raw is not None else None if body is None else encode(body)
-        with _unreachable(what):
-            response = self._client.request(
-                method, path, content=content, params=params, headers=JSON_HEADERS if content is not None else None
-            )
+        throttle = _Throttle(what)
+        while True:
+            with _unreachable(what):
+                response = self._client.request(
+                    method, path, content=content, params=params, headers=JSON_HEADERS if content is not None else None
+                )
+            if response.status_code != THROTTLED_STATUS or not throttle.wait(response):
+                break
         raise_for_status(response, what)
         return response.content
 
     @contextmanager
     def stream(self, method: str, path: str, what: str, *, body: Any) -> Iterator[Iterator[str]]:
         """A request whose answer is read as it arrives: yields an iterator over its text."""
-        with (
-            _unreachable(what),
-            self._client.stream(method, path, content=encode(body), headers=JSON_HEADERS) as response,
-        ):
-            raise_for_status(response, what)
-            yield _text(response, what)
+        content, throttle = encode(body), _Throttle(what)
+        while True:
+            with (
+                _unreachable(what),
+                self._client.stream(method, path, content=content, headers=JSON_HEADERS) as response,
+            ):
+                if response.status_code == THROTTLED_STATUS and throttle.wait(response):
+                    continue
+                raise_for_status(response, what)
+                yield _text(response, what)
+                return
 
 
 def _text(response: httpx.Response, what: str) -> Iterator[str]:

@@ -36,7 +36,7 @@ from chroma_backup.chroma.sizing import (
     request_bytes,
 )
 from chroma_backup.chroma.wire import MalformedAnswer, decode_get, write_body
-from chroma_backup.errors import ChromaFailure, CollectionNotFound, first_line
+from chroma_backup.errors import ChromaFailure, CollectionNotFound, DatabaseNotFound, first_line
 from chroma_backup.records import RecordBatch
 from chroma_backup.settings import Settings
 
@@ -93,22 +93,23 @@ class ChromaStore:
         ssl: bool | None = None,
         timeout: float | None = None,
         database: str | None = None,
+        create: bool = False,
     ) -> ChromaStore:
-        """Reach the server, read its version and limits, and check the tenant and database."""
-        host, port = host or settings.chromadb_host, port or settings.chromadb_port
-        ssl = settings.chromadb_use_ssl if ssl is None else ssl
+        """Reach the server, read its version and limits, and check the tenant and database:
+        ``DatabaseNotFound`` when either does not exist, unless ``create`` (a restore onto an
+        empty server), which creates them."""
         database = database or settings.chroma_database
-        address = f"{'https' if ssl else 'http'}://{host}:{port}"
-        transport = Transport(address, _auth_headers(settings), timeout or settings.chroma_timeout_seconds)
+        address, transport = _transport(settings, host, port, ssl, timeout)
         try:
             version = str(transport.call("GET", "/version", f"connecting to {address}"))
             checks = transport.call("GET", "/pre-flight-checks", f"connecting to {address}")
             tenant = settings.chroma_tenant
-            transport.call("GET", Transport.path("tenants", tenant), f"opening tenant {tenant!r} on {address}")
-            transport.call(
-                "GET",
-                Transport.path("tenants", tenant, "databases", database),
-                f"opening database {database!r} of tenant {tenant!r} on {address}",
+            _open_or_create(transport, ("tenants", tenant), f"tenant {tenant!r} on {address}", create)
+            _open_or_create(
+                transport,
+                ("tenants", tenant, "databases", database),
+                f"database {database!r} of tenant {tenant!r} on {address}",
+                create,
             )
         except BaseException:
             transport.close()
@@ -122,6 +123,30 @@ class ChromaStore:
             int(checks.get("max_batch_size") or 0) or 1000,
             bool(checks.get("supports_base64_encoding")),
         )
+
+    @classmethod
+    def tenant_databases(
+        cls,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        ssl: bool | None = None,
+        timeout: float | None = None,
+    ) -> set[str]:
+        """The databases of the configured tenant on a server (none when the tenant does not
+        exist): what a restore onto a new or wiped server finds there, without creating anything."""
+        address, transport = _transport(settings, host, port, ssl, timeout)
+        tenant = settings.chroma_tenant
+        try:
+            try:
+                transport.call("GET", Transport.path("tenants", tenant), f"opening tenant {tenant!r} on {address}")
+            except CollectionNotFound:
+                return set()
+            path = Transport.path("tenants", tenant, "databases")
+            return {d["name"] for d in _pages(transport, path, f"listing the databases of tenant {tenant!r}")}
+        finally:
+            transport.close()
 
     def close(self) -> None:
         self.transport.close()
@@ -160,19 +185,12 @@ class ChromaStore:
     def list_databases(self) -> list[str]:
         """Every database of this store's tenant."""
         path = Transport.path("tenants", self.tenant, "databases")
-        return sorted(d["name"] for d in self._pages(path, f"listing the databases of tenant {self.tenant!r}"))
+        return sorted(
+            d["name"] for d in _pages(self.transport, path, f"listing the databases of tenant {self.tenant!r}")
+        )
 
     def list_collection_names(self) -> list[str]:
-        return sorted(c["name"] for c in self._pages(self._path(), "listing collections"))
-
-    def _pages(self, path: str, what: str) -> Iterator[dict[str, Any]]:
-        offset = 0
-        while True:
-            page = self.transport.call("GET", path, what, params={"limit": LIST_PAGE, "offset": offset})
-            yield from page
-            if len(page) < LIST_PAGE:
-                return
-            offset += len(page)
+        return sorted(c["name"] for c in _pages(self.transport, self._path(), "listing collections"))
 
     # -- collections ----------------------------------------------------------------------------
 
@@ -359,6 +377,42 @@ def _write_within_budget(store: ChromaStore, collection: Collection, batch: Reco
             )
             half = len(part) // 2
             pending.extendleft([part.slice(half, len(part)), part.slice(0, half)])
+
+
+def server_address(settings: Settings, host: str | None, port: int | None, ssl: bool | None) -> str:
+    """A server's base address: the configured one's parts where none are given."""
+    ssl = settings.chromadb_use_ssl if ssl is None else ssl
+    return f"{'https' if ssl else 'http'}://{host or settings.chromadb_host}:{port or settings.chromadb_port}"
+
+
+def _transport(
+    settings: Settings, host: str | None, port: int | None, ssl: bool | None, timeout: float | None
+) -> tuple[str, Transport]:
+    address = server_address(settings, host, port, ssl)
+    return address, Transport(address, _auth_headers(settings), timeout or settings.chroma_timeout_seconds)
+
+
+def _pages(transport: Transport, path: str, what: str) -> Iterator[dict[str, Any]]:
+    """Every item of a paged listing (collections, databases)."""
+    offset = 0
+    while True:
+        page = transport.call("GET", path, what, params={"limit": LIST_PAGE, "offset": offset})
+        yield from page
+        if len(page) < LIST_PAGE:
+            return
+        offset += len(page)
+
+
+def _open_or_create(transport: Transport, parts: tuple[str, ...], what: str, create: bool) -> None:
+    """Check that a tenant or a database exists; create it when it does not and ``create``."""
+    try:
+        transport.call("GET", Transport.path(*parts), f"opening {what}")
+        return
+    except CollectionNotFound:
+        if not create:
+            raise DatabaseNotFound(f"{what} does not exist") from None
+    transport.call("POST", Transport.path(*parts[:-1]), f"creating {what}", body={"name": parts[-1]})
+    log.info("created %s", what)
 
 
 def _auth_headers(settings: Settings) -> dict[str, str]:

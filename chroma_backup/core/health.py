@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from chroma_backup.catalog import Snapshot
 from chroma_backup.core.ports import ChromaPort, DatabasePort
 from chroma_backup.core.reading import read_tolerantly
 from chroma_backup.errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, first_line
@@ -194,6 +195,27 @@ def _recovered_into(chroma: ChromaPort, db: DatabasePort, ref: int) -> str | Non
     return None
 
 
+def _baseline(db: DatabasePort, tenant: str, database: str, name: str) -> tuple[int | None, Snapshot | None]:
+    """The collection's catalog row and its newest snapshot taken while ``ok``."""
+    ref = db.catalog.collection_ref(tenant, database, name)
+    return ref, db.catalog.latest_complete(ref, healthy_only=True) if ref is not None else None
+
+
+def missing_database_verdict(db: DatabasePort, tenant: str, database: str, name: str, why: str) -> HealthVerdict:
+    """The verdict on a collection whose database the server does not have: ``missing``."""
+    _, baseline = _baseline(db, tenant, database, name)
+    return HealthVerdict(
+        collection=name,
+        status=MISSING,
+        detail=f"collection does not exist ({why})",
+        records=None,
+        snapshot_records=baseline.records if baseline else None,
+        snapshot_id=baseline.snapshot_id if baseline else None,
+        checked_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seconds=0.0,
+    )
+
+
 def check_collection_health(
     chroma: ChromaPort,
     db: DatabasePort,
@@ -211,8 +233,7 @@ def check_collection_health(
     """
     started = time.monotonic()
     tenant, database = tenant or chroma.tenant, database or chroma.database
-    ref = db.catalog.collection_ref(tenant, database, name)
-    baseline = db.catalog.latest_complete(ref, healthy_only=True) if ref is not None else None
+    ref, baseline = _baseline(db, tenant, database, name)
     state: dict[str, Any] = {"records": None, "probe": None}
 
     def verdict(status: str, detail: str) -> HealthVerdict:

@@ -198,6 +198,7 @@ class VerdictsPort(Protocol):
     def record_verdict(
         self, collection_ref: int, status: str, detail: str, records: int | None, snapshot_id: int | None
     ) -> None: ...
+    def latest(self, collection_ref: int, *, besides: tuple[str, ...] = ()) -> dict[str, Any] | None: ...
 
 
 class LocksPort(Protocol):

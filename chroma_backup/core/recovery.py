@@ -41,6 +41,7 @@ from chroma_backup.states import (
     RESTORABLE,
     RESTORED,
     TRIGGER_AUTO,
+    UNREACHABLE,
 )
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,36 @@ def _inexact(name: str, result: RestoreResult) -> str:
     return f" (records identical; configuration differs: {differences})"
 
 
+WIPE_MIN_COLLECTIONS = 2  # with one collection, a lost server looks like a lost collection
+
+
+def gone(verdict: HealthVerdict) -> bool:
+    """The collection's records are gone: it is missing, or it is empty where its newest ``ok``
+    snapshot had records (an application re-created it on an empty server)."""
+    return verdict.status == MISSING or (verdict.records == 0 and bool(verdict.snapshot_records))
+
+
+def wiped(verdicts: list[HealthVerdict]) -> bool:
+    """A wiped server (one event, not N unrelated failures): the server answers, and every one of
+    at least WIPE_MIN_COLLECTIONS collections with backups is gone, at least one of them missing."""
+    if any(v.status == UNREACHABLE for v in verdicts):
+        return False
+    backed_up = [v for v in verdicts if v.snapshot_id is not None]
+    return (
+        len(backed_up) >= WIPE_MIN_COLLECTIONS
+        and all(gone(v) for v in backed_up)
+        and any(v.status == MISSING for v in backed_up)
+    )
+
+
+def wait_to_confirm(seconds: float, stop: threading.Event | None) -> bool:
+    """Wait before a failure is checked again; False when a shutdown came first."""
+    if stop is not None:
+        return not stop.wait(seconds)
+    time.sleep(seconds)
+    return True
+
+
 def check_and_recover(
     check: Callable[[], HealthVerdict],
     recover: Callable[[HealthVerdict], Recovery],
@@ -227,10 +258,11 @@ def check_and_recover(
     confirm_seconds: float,
     restore: bool,
     stop: threading.Event | None = None,
+    first: HealthVerdict | None = None,
 ) -> tuple[HealthVerdict, Recovery | None]:
-    """One health check; with ``restore``, a restorable failure is re-checked (with a fresh
-    sample) after ``confirm_seconds`` and, if it persists, recovered."""
-    verdict = check()
+    """One health check (or ``first``, already made); with ``restore``, a restorable failure is
+    re-checked (with a fresh sample) after ``confirm_seconds`` and, if it persists, recovered."""
+    verdict = first or check()
     if not restore or verdict.status not in RESTORABLE:
         return verdict, None
     log.warning(
@@ -240,11 +272,8 @@ def check_and_recover(
         verdict.detail,
         confirm_seconds,
     )
-    if stop is not None:
-        if stop.wait(confirm_seconds):
-            return verdict, None
-    else:
-        time.sleep(confirm_seconds)
+    if not wait_to_confirm(confirm_seconds, stop):
+        return verdict, None
     confirmed = check()
     if confirmed.status not in RESTORABLE:
         return confirmed, Recovery(confirmed.collection, RECOVERED_ITSELF, f"re-check said {confirmed.status}")

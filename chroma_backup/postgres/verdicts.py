@@ -43,15 +43,15 @@ class HealthLog(Part):
             )
             return self.dicts(cur)
 
-    def latest(self, collection_ref: int) -> dict[str, Any] | None:
-        """The newest verdict of a collection."""
+    def latest(self, collection_ref: int, *, besides: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """The newest verdict of a collection (``besides``: the newest with another status)."""
         with self.transaction("reading the latest health verdict") as cur:
             cur.execute(
                 self.tables.fmt(
                     "SELECT status, detail, records, checked_at, snapshot_id FROM {health} WHERE collection_ref = %s "
-                    "ORDER BY health_id DESC LIMIT 1"
+                    "AND NOT (status = ANY(%s)) ORDER BY health_id DESC LIMIT 1"
                 ),
-                (collection_ref,),
+                (collection_ref, list(besides)),
             )
             row = cur.fetchone()
             return (

@@ -80,6 +80,20 @@ class RestoreRequest(BaseModel):
     dry_run: bool = False
 
 
+class ServerRestoreRequest(BaseModel):
+    collections: list[str] | None = Field(
+        default=None, description="collections to restore (default: every backed-up one of the selection)"
+    )
+    at: datetime | None = Field(
+        default=None, description="each collection's newest complete snapshot at or before this time"
+    )
+    name_template: str = Field(default="{name}", description="target names, {name} expanded")
+    overwrite: bool = False
+    skip_existing: bool = False
+    dry_run: bool = False
+    parallel: int | None = Field(default=None, ge=1, le=32, description="collections at once (RESTORE_PARALLEL)")
+
+
 class TaskAccepted(BaseModel):
     task_id: str
     state: str
@@ -95,6 +109,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 
 def Limit(default: int) -> Any:
     return Query(default, ge=1, le=10_000, description="at most this many rows")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A time from a request, UTC when it names no zone."""
+    return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _when(timestamp: str | None) -> str:
@@ -253,12 +272,11 @@ def create_app(
 
         def run(ops: Operations, task: Any) -> Any:
             task.records_total = records
-            at = body.at if body.at is None or body.at.tzinfo else body.at.replace(tzinfo=timezone.utc)
             result = ops.restore(
                 label,
                 to=body.target,
                 snapshot_id=body.snapshot,
-                at=at,
+                at=_utc(body.at),
                 overwrite=body.overwrite,
                 dry_run=body.dry_run,
                 reason="requested over HTTP",
@@ -272,6 +290,46 @@ def create_app(
             return result.as_json()
 
         return _accepted(tasks.submit("restore", [label], run))
+
+    @app.post(
+        "/api/v1/server-restores",
+        status_code=202,
+        response_model=TaskAccepted,
+        responses=ERRORS,
+        dependencies=[Depends(require_token)],
+        summary="Restore every backed-up collection of the selection, a plan first (restore --all, a task)",
+    )
+    def server_restore(body: ServerRestoreRequest) -> TaskAccepted:
+        if body.overwrite and body.skip_existing:
+            raise ApiError(400, "give overwrite or skip_existing, not both")
+
+        def run(ops: Operations, task: Any) -> Any:
+            def on_plan(result: Any) -> None:
+                task.records_total = sum(
+                    item.records for item in result.plan if item.action in ("restore", "overwrite")
+                )
+
+            result = ops.restore_all(
+                body.collections,
+                at=_utc(body.at),
+                name_template=body.name_template,
+                overwrite=body.overwrite,
+                skip_existing=body.skip_existing,
+                dry_run=body.dry_run,
+                reason="requested over HTTP",
+                parallel=body.parallel,
+                progress=task,
+                on_plan=on_plan,
+            )
+            if not result.ok:
+                task.error = result.refused or "; ".join(
+                    f"{item.source_label}: {item.error or 'configuration differs'}"
+                    for item in result.plan
+                    if not item.fine
+                )
+            return result.as_json()
+
+        return _accepted(tasks.submit("server_restore", ["*"], run))
 
     @app.get("/api/v1/tasks/{task_id}", summary="A task's state, progress and result", responses=ERRORS)
     def task(task_id: str) -> dict[str, Any]:

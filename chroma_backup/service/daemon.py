@@ -100,7 +100,9 @@ class Daemon:
         return RETRY if transient else None
 
     def health_job(self) -> None:
-        for report in self.health_ops.health_round(restore=self.settings.auto_restore):
+        reports = self.health_ops.health_round(restore=self.settings.auto_restore)
+        self.metrics.server_wiped.set(1 if any(report.wiped for report in reports) else 0)
+        for report in reports:
             self.metrics.health_status(report.collection, report.verdict.status)
             if report.verdict.status == RECOVERED_INTO:
                 self.metrics.forget_backups(report.collection)

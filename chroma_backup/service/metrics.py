@@ -55,6 +55,11 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        self.server_wiped = Gauge(
+            "chroma_backup_server_wiped",
+            "1 while the last health round found every selected collection with backups gone at once",
+            registry=r,
+        )
         self.threads = Gauge("chroma_backup_process_threads", "Threads of the daemon's process", registry=r)
         self.threads.set_function(threading.active_count)
 

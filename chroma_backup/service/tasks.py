@@ -33,7 +33,7 @@ def _now() -> str:
 @dataclass
 class Task:
     task_id: str
-    kind: str  # backup | restore
+    kind: str  # backup | restore | server_restore
     collections: list[str]
     state: str = QUEUED
     created_at: str = field(default_factory=_now)

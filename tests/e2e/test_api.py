@@ -129,6 +129,24 @@ def test_a_restore_over_http_into_a_new_name_is_verified(api, client, name):
     assert api.get("/api/v1/restores").json()[0]["target"] == name + "-http"
 
 
+def test_a_whole_server_restore_over_http_is_a_task_with_its_plan_and_outcomes(api, client, name):
+    client.delete_collection(name)
+    accepted = api.post("/api/v1/server-restores", json={"collections": [name]})
+    assert accepted.status_code == 202, accepted.text
+    task = api.finish(accepted.json()["task_id"])
+    assert task["state"] == "complete", task["error"]
+    assert task["result"]["summary"]["restored"] == 1 and task["records_total"] == 50 and task["records_done"] == 50
+    assert [(c["collection"], c["outcome"]) for c in task["result"]["collections"]] == [(name, "restored")]
+    assert client.get_collection(name, embedding_function=None).count() == 50
+
+    again = api.finish(
+        api.post("/api/v1/server-restores", json={"collections": [name], "dry_run": True}).json()["task_id"]
+    )
+    assert again["state"] == "complete" and again["result"]["collections"][0]["action"] == "already_restored"
+    refused = api.post("/api/v1/server-restores", json={"overwrite": True, "skip_existing": True})
+    assert refused.status_code == 400 and refused.json() == {"error": "give overwrite or skip_existing, not both"}
+
+
 def test_a_restore_of_a_busy_collection_answers_409(api, settings, name):
     from chroma_backup.postgres import Database
 

@@ -91,3 +91,39 @@ def test_bench_scale_mode_measures_what_grows_with_the_collection(database_url, 
         "backup_full/backup_full_baseline",
     }
     assert "backup_full/backup_full_baseline" in result.stdout and "<= 11.0" in result.stdout
+
+
+def test_bench_server_mode_measures_a_whole_server_restore_against_chromas_own_writes(database_url, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench.py"),
+            "--server",
+            "--collections",
+            "3",
+            "--records",
+            "300",
+            "--dim",
+            "8",
+            "--repeat",
+            "1",
+            "--parallel",
+            "1,2",
+            "--database-url",
+            database_url,
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert [c["records"] for c in data["layout"]] == [50, 100, 150]
+    assert {c["space"] for c in data["layout"]} == {"l2", "cosine", "ip"}
+    for key in ("backup_all", "raw_add_p1", "restore_all_p1", "raw_add_p2", "restore_all_p2"):
+        assert data[key]["records"] == 300 and data[key]["median_seconds"] > 0, key
+    assert set(data["ratios"]) >= {"restore_all_p2/raw_add_p2", "raw_add_p2/raw_add_p1", "rto_p2_seconds_per_million"}
+    assert "rto_p1_seconds_per_million" in result.stdout

@@ -398,3 +398,56 @@ def test_the_daemon_applies_the_retention_policy_after_backups(env, tmp_path, cl
     assert daemon.terminate()[0] == 0
     remaining = statuses(env["DATABASE_URL"], name)
     assert remaining.count("complete") == 2  # older ones pruned (a run cut by the shutdown may stay failed)
+
+
+def test_a_wiped_server_is_one_alert_and_one_whole_server_restore(own_chroma_server, env, tmp_path, daemons):
+    from conftest import client_for, create_databases, wipe
+
+    server = own_chroma_server
+    create_databases(server, ["sales"])
+    made = {("default_database", "docs"): 120, ("default_database", "faq"): 30, ("sales", "leads"): 60}
+    for (database, collection), n in made.items():
+        make_collection(client_for(server, database), collection, n)
+    port = free_port()
+    daemon_env = {
+        **env,
+        **FAST,
+        "CHROMADB_PORT": str(server.port),
+        "CHROMA_DATABASE": "*",
+        "HTTP_PORT": str(port),
+        "AUTO_RESTORE": "false",
+    }
+    url = env["DATABASE_URL"]
+    complete = "SELECT count(DISTINCT collection_ref) FROM chroma_data_snapshots WHERE status = 'complete'"
+
+    def wiped_gauge():
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return re.search(r"^chroma_backup_server_wiped (\S+)$", metrics, re.M).group(1)
+
+    watcher = daemons(daemon_env, tmp_path)
+    wait_for(lambda: query(url, complete) == [(3,)], what="every collection backed up")
+    assert wiped_gauge() == "0.0"
+    wipe(server)
+    wait_for(lambda: wiped_gauge() == "1.0", what="the wiped server seen")  # what ChromaServerWiped reads
+    wait_for(lambda: watcher.output().count("status=wiped") >= 2, what="a second round")
+    assert query(url, "SELECT count(*) FROM chroma_data_restores") == [(0,)]  # AUTO_RESTORE=false: nothing done
+    assert watcher.terminate()[0] == 0
+
+    recoverer = daemons({**daemon_env, "AUTO_RESTORE": "true"}, tmp_path)
+
+    def back():
+        try:
+            return all(client_for(server, d).get_collection(c).count() == n for (d, c), n in made.items())
+        except Exception:
+            return False
+
+    wait_for(back, timeout=90, what="every collection back under its own name and database")
+    wait_for(lambda: wiped_gauge() == "0.0", what="a round that finds the server whole again")
+    output = recoverer.output()
+    assert len(re.findall(r"recovery action=whole_server_restore server=\S+ restored=3 ", output)) == 1
+    assert query(url, "SELECT trigger, status, verified, target FROM chroma_data_restores ORDER BY target") == [
+        ("auto", "complete", True, "docs"),
+        ("auto", "complete", True, "faq"),
+        ("auto", "complete", True, "leads"),
+    ]
+    assert recoverer.terminate()[0] == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from chroma_backup.app.operations import Operations, Server
+from chroma_backup.app.operations import Operations
+from chroma_backup.app.stores import Server
 from chroma_backup.cli.output import emit_json
 from chroma_backup.cli.parser import positive_int, server_options
 
