@@ -15,6 +15,7 @@ cached under bench/.cache, so re-runs skip the slow HNSW build), uses PostgreSQL
   restore          restoring the latest snapshot into a new collection (verified)
   storage          relation size after 1 full backup and after 24 backups with 1% churn each
   verify           comparing the live collection with the no-change snapshot, record by record
+  deep_check       the deep check: every record read and queried by its own vector (health --deep)
   memory           peak RSS and time of a full backup at --baseline-records (default records/5),
                    to compare with the full backup's at --records (RSS flat, time linear)
 
@@ -198,6 +199,22 @@ def m_verify(port: int, database_url: str, table: str, workers: int = 1) -> dict
     if not result.identical:
         raise RuntimeError(f"verify found differences: {result.as_json()}")
     return {"seconds": seconds, "records": result.live_records, "rss_mb": _peak_rss_mb()}
+
+
+def m_deep(port: int, database_url: str, table: str, workers: int = 1) -> dict:
+    """The deep check: every record read and queried against the newest snapshot."""
+    from chroma_backup.core.deep import deep_scan
+    from chroma_backup.core.reading import RunOptions
+    from chroma_backup.core.snapshots import resolve_snapshot
+
+    chroma, database = stores(port, database_url, table)
+    snapshot = resolve_snapshot(database, chroma.tenant, chroma.database, COLLECTION)
+    started = time.perf_counter()
+    found = deep_scan(chroma, database, chroma.open(COLLECTION), snapshot, run=RunOptions(read_workers=workers))
+    seconds = time.perf_counter() - started
+    if found.unreadable or found.gone:
+        raise RuntimeError(f"the deep check found damage in a healthy collection: {found.counts()}")
+    return {"seconds": seconds, "records": found.checked, "rss_mb": _peak_rss_mb(), "unindexed": found.unindexed}
 
 
 def m_raw_add(port: int, records: int, dim: int) -> dict:
@@ -557,6 +574,9 @@ def measure_backups(args, port: int, database_url: str, results: dict, pages: tu
     results["verify"] = summarize(
         [isolated(m_verify, port, database_url, tables[0], args.read_workers) for _ in range(args.repeat)]
     )
+    step("deep_check")
+    deep_runs = [isolated(m_deep, port, database_url, tables[0], args.read_workers) for _ in range(args.repeat)]
+    results["deep_check"] = {**summarize(deep_runs), "unindexed": deep_runs[0]["unindexed"]}
     return tables[0]
 
 
@@ -631,6 +651,9 @@ def ratios(args, results: dict) -> dict:
         "backup_full/raw_read": round(results["backup_full"]["median_seconds"] / raw_read, 3),
         "backup_nochange/raw_read": round(results["backup_nochange"]["median_seconds"] / raw_read, 3),
         "verify/raw_read": round(results["verify"]["median_seconds"] / raw_read, 3),
+        "deep_check/backup_nochange": round(
+            results["deep_check"]["median_seconds"] / results["backup_nochange"]["median_seconds"], 3
+        ),
         "nochange_bytes/full_bytes": round(
             results["backup_nochange"]["bytes_written"] / max(1, results["backup_full"]["bytes_written"]), 5
         ),
@@ -698,6 +721,7 @@ def print_table(results: dict) -> None:
         "backup_full",
         "backup_nochange",
         "verify",
+        "deep_check",
         "backup_churn",
         "raw_add",
         "restore",

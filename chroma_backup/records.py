@@ -47,6 +47,17 @@ class RecordBatch:
             None if self.digests is None else self.digests[start:stop],
         )
 
+    def take(self, indices: Sequence[int]) -> RecordBatch:
+        """The records at ``indices``, in that order."""
+        return RecordBatch(
+            [self.ids[i] for i in indices],
+            self.embeddings[list(indices)] if len(indices) else self.embeddings[:0],
+            [self.documents[i] for i in indices],
+            [self.metadatas[i] for i in indices],
+            [self.uris[i] for i in indices],
+            None if self.digests is None else [self.digests[i] for i in indices],
+        )
+
 
 _PLAIN_TYPES = (str, int, bool)
 

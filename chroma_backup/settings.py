@@ -366,8 +366,30 @@ class Settings:
         "health: records sampled per check for read-back and self-recall (corrupt when >= 30% of them are not found)",
         integer(20, 1, 1000),
     )
+    deep_check_interval_hours: float = setting(
+        "DEEP_CHECK_INTERVAL_HOURS",
+        24.0,
+        "daemon: hours between deep checks (every record read and found by the index; the first one "
+        "this long after start); 0 = off",
+        number(24.0, 0),
+        shown="24",
+    )
+    deep_check_max_seconds: float = setting(
+        "DEEP_CHECK_MAX_SECONDS",
+        1800.0,
+        "deep check and repair: time budget per collection (a partial check says so); 0 = none",
+        number(1800.0, 0),
+        shown="1800",
+    )
     auto_restore: bool = setting(
         "AUTO_RESTORE", True, "restore a missing/corrupt/shrunk collection into NEW_COLLECTION_NAME", boolean(True)
+    )
+    auto_repair: bool = setting(
+        "AUTO_REPAIR",
+        False,
+        "daemon: repair a collection in place (repair) when a deep check finds damage, instead of waiting "
+        "for an operator",
+        boolean(False),
     )
     wiped_server_recovery: str = setting(
         "WIPED_SERVER_RECOVERY",

@@ -20,11 +20,15 @@ from chroma_backup.app.rounds import HealthReport, ProgressFactory, Rounds
 from chroma_backup.app.runtime import Backend
 from chroma_backup.app.server_restore import ServerRestoreResult, restore_server
 from chroma_backup.app.stores import Server, Stores
+from chroma_backup.app.surgery import DeepReport, Surgery
 from chroma_backup.catalog import Snapshot
 from chroma_backup.chroma import ChromaStore
 from chroma_backup.core.backup import BackupResult, SnapshotLabel, export_collection_to_postgres
+from chroma_backup.core.diff import LIVE, DiffResult, OnChange
 from chroma_backup.core.health import HealthVerdict
 from chroma_backup.core.reading import Progress
+from chroma_backup.core.records_restore import RecordSelection, RecordsRestoreResult
+from chroma_backup.core.repair import RepairResult
 from chroma_backup.core.restore import RestoreRequest, RestoreResult, restore_snapshot
 from chroma_backup.core.retention import PruneResult, prune_snapshots
 from chroma_backup.core.server_restore import PlannedRestore, ServerRestoreOptions, expand_name
@@ -67,6 +71,7 @@ class Operations:
         self.stores = Stores(backend, stop=stop, retry_jobs=retry_jobs, chroma_timeout=chroma_timeout)
         self.names = Names(self.stores)
         self.rounds = Rounds(self.stores, self.names)
+        self.surgery = Surgery(self.stores, self.names, self.rounds)
 
     @property
     def db(self) -> Database:
@@ -94,6 +99,69 @@ class Operations:
 
     def health_round(self, requested: list[str] | None = None, *, restore: bool = False) -> list[HealthReport]:
         return self.rounds.health_round(requested, restore=restore)
+
+    def deep_round(self, requested: list[str] | None = None, *, repair: bool = False) -> list[DeepReport]:
+        return self.surgery.deep_round(requested, repair=repair)
+
+    def repair(
+        self,
+        name: str | None,
+        *,
+        snapshot_id: int | None = None,
+        at: datetime | None = None,
+        dry_run: bool = False,
+        reindex: bool = False,
+        reason: str | None = None,
+        progress: Progress | None = None,
+    ) -> RepairResult:
+        """Put back what a collection lost, in place (``core.repair``)."""
+        return self.surgery.repair(
+            self.names.single_collection(name),
+            snapshot_id=snapshot_id,
+            at=at,
+            dry_run=dry_run,
+            reindex=reindex,
+            reason=reason,
+            progress=progress,
+        )
+
+    def restore_records(
+        self,
+        name: str | None,
+        selection: RecordSelection,
+        *,
+        snapshot_id: int | None = None,
+        at: datetime | None = None,
+        mode: str = "merge",
+        dry_run: bool = False,
+        reason: str | None = None,
+        progress: Progress | None = None,
+    ) -> RecordsRestoreResult:
+        """Write chosen records of a snapshot back into the live collection (``core.records_restore``)."""
+        return self.surgery.restore_records(
+            self.names.single_collection(name),
+            selection,
+            snapshot_id=snapshot_id,
+            at=at,
+            mode=mode,
+            dry_run=dry_run,
+            reason=reason,
+            progress=progress,
+        )
+
+    def diff(
+        self,
+        name: str | None,
+        *,
+        from_snapshot: int | None = None,
+        at: datetime | None = None,
+        to: str = LIVE,
+        on_change: OnChange | None = None,
+    ) -> DiffResult:
+        """What changed between a snapshot and another one or the live collection (``core.diff``)."""
+        return self.surgery.diff(
+            self.names.single_collection(name), from_snapshot=from_snapshot, at=at, to=to, on_change=on_change
+        )
 
     def check(self, name: str) -> HealthVerdict:
         return self.rounds.check(self.resolve(name))
@@ -321,10 +389,9 @@ class Operations:
                     {
                         "time": row["finished_at"],
                         "collection": self.label(Where(database, row["name"])),
-                        "event": "restore",
+                        "event": "restore" if row["kind"] == "restore" else row["kind"],
                         "status": RESTORED,
-                        "detail": f"restored snapshot {row['source_snapshot_id']} into {row['target']} "
-                        f"({row['trigger']})",
+                        "detail": _restore_event(row),
                     }
                 )
         events.sort(key=lambda e: e["time"], reverse=True)
@@ -374,3 +441,13 @@ class Operations:
         from chroma_backup.app.overview import overview
 
         return overview(self, schedule)
+
+
+def _restore_event(row: dict[str, Any]) -> str:
+    """One line of the health history for a restore, a repair or a record-level restore."""
+    snapshot, trigger = row["source_snapshot_id"], row["trigger"]
+    if row["kind"] == "repair":
+        return f"repaired in place from snapshot {snapshot}: {row['records'] or 0} records rewritten ({trigger})"
+    if row["kind"] == "records":
+        return f"{row['records'] or 0} records of snapshot {snapshot} written back into {row['target']} ({trigger})"
+    return f"restored snapshot {snapshot} into {row['target']} ({trigger})"

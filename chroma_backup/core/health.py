@@ -122,7 +122,13 @@ def _judge(record_id: str, own: float, slack: float, hits: list[str], dists: lis
 
 
 def self_recall(chroma: ChromaPort, collection: Any, batch: RecordBatch, space: str, count: int) -> Probe:
-    """Query with each sampled record's own vector and count the records the index fails to find.
+    """Query with each sampled record's own vector and count the records the index fails to find
+    (``recall``)."""
+    return recall(chroma, collection, batch, space, count)[0]
+
+
+def recall(chroma: ChromaPort, collection: Any, batch: RecordBatch, space: str, count: int) -> tuple[Probe, list[str]]:
+    """Query with each record's own vector: what the probe saw, and the ids the index did not find.
 
     A record missed among the first RECALL_DEPTH hits gets a second chance with SECOND_CHANCE_DEPTH
     hits (a wider search): greedy HNSW search can get stuck among many identical vectors (zero
@@ -130,6 +136,7 @@ def self_recall(chroma: ChromaPort, collection: Any, batch: RecordBatch, space: 
     found however wide the search.
     """
     probe = Probe()
+    missed_ids: list[str] = []
     usable = []
     for i in range(len(batch)):
         own = own_distance(batch.embeddings[i], space)
@@ -139,7 +146,7 @@ def self_recall(chroma: ChromaPort, collection: Any, batch: RecordBatch, space: 
             usable.append((i, own, _slack(batch.embeddings[i], space)))
     depth = min(RECALL_DEPTH, count)
     if not usable or depth == 0:
-        return probe
+        return probe, missed_ids
     found, distances = chroma.query(collection, np.stack([batch.embeddings[i] for i, _, _ in usable]), depth)
     missed = []  # (record, its hits, their distances) for each record the first query missed
     for (i, own, slack), hits, dists in zip(usable, found, distances, strict=True):
@@ -159,7 +166,8 @@ def self_recall(chroma: ChromaPort, collection: Any, batch: RecordBatch, space: 
         if reason is not None:
             probe.misses += 1
             probe.first_miss = probe.first_miss or reason
-    return probe
+            missed_ids.append(batch.ids[i])
+    return probe, missed_ids
 
 
 def _sample(chroma: ChromaPort, db: DatabasePort, collection: Any, ref: int | None, count: int, n: int) -> RecordBatch:

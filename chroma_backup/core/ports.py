@@ -23,6 +23,7 @@ Row = tuple[str, bytes, "str | None", "str | None", "str | None", bytes]  # reco
 
 __all__ = [
     "CatalogPort",
+    "ChangesPort",
     "ChromaPort",
     "Chunk",
     "Collection",
@@ -67,6 +68,7 @@ class ChromaPort(Protocol):
     def list_ids(self, collection: Collection) -> list[str]: ...
     def fetch(self, collection: Collection, ids: list[str]) -> RecordBatch: ...
     def add(self, collection: Collection, batch: RecordBatch) -> None: ...
+    def upsert(self, collection: Collection, batch: RecordBatch) -> None: ...
     def query(
         self, collection: Collection, embeddings: np.ndarray, n_results: int
     ) -> tuple[list[list[str]], list[list[float]]]: ...
@@ -83,6 +85,7 @@ class ListingPort(Protocol):
     def forget(self, record_ids: list[str]) -> None: ...
     def close_unlisted(self, snapshot_id: int, collection_ref: int) -> int: ...
     def unlisted(self, examples: int) -> tuple[int, list[str]]: ...
+    def unlisted_ids(self, size: int) -> Iterator[list[str]]: ...
 
 
 class SnapshotWriterPort(Protocol):
@@ -159,6 +162,7 @@ class RestoresPort(Protocol):
         reason: str | None,
         temporary_name: str | None = None,
         target_database: str | None = None,
+        kind: str = ...,
     ) -> int: ...
     def finish_restore(
         self,
@@ -170,6 +174,7 @@ class RestoresPort(Protocol):
         error: str | None = None,
         target_collection_id: str | None = None,
         differences: list[str] | None = None,
+        counts: dict[str, Any] | None = None,
     ) -> None: ...
     def set_temporary_id(self, restore_id: int, collection_id: str | None) -> None: ...
     def set_restore_aside(self, restore_id: int, aside_name: str | None) -> None: ...
@@ -196,9 +201,19 @@ class RetentionPort(Protocol):
 
 class VerdictsPort(Protocol):
     def record_verdict(
-        self, collection_ref: int, status: str, detail: str, records: int | None, snapshot_id: int | None
+        self,
+        collection_ref: int,
+        status: str,
+        detail: str,
+        records: int | None,
+        snapshot_id: int | None,
+        findings: dict[str, Any] | None = None,
     ) -> None: ...
     def latest(self, collection_ref: int, *, besides: tuple[str, ...] = ()) -> dict[str, Any] | None: ...
+
+
+class ChangesPort(Protocol):
+    def between(self, collection_ref: int, older: int, newer: int) -> Iterator[tuple[str, str, tuple[str, ...]]]: ...
 
 
 class LocksPort(Protocol):
@@ -212,6 +227,8 @@ class DatabasePort(Protocol):
     def catalog(self) -> CatalogPort: ...
     @property
     def records(self) -> RecordsPort: ...
+    @property
+    def changes(self) -> ChangesPort: ...
     @property
     def restores(self) -> RestoresPort: ...
     @property

@@ -116,11 +116,21 @@ def read_batches(
     def fetch(chunk: C) -> RecordBatch:
         return read_tolerantly(chroma, collection, [record_id for record_id, _ in chunk])
 
-    pending: deque[tuple[C, Future[RecordBatch]]] = deque()
+    return ordered_map(fetch, chunks, workers)
+
+
+R = TypeVar("R")
+
+
+def ordered_map(work: Callable[[C], R], chunks: Iterable[C], workers: int = 1) -> Iterator[tuple[C, R]]:
+    """Each chunk with ``work(chunk)``, in order, ``workers`` chunks worked on at once in
+    threads; the chunks are drawn in the caller's thread, at most ``workers`` + 1 results are
+    held."""
+    pending: deque[tuple[C, Future[R]]] = deque()
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chroma-read") as pool:
         try:
             for chunk in chunks:
-                pending.append((chunk, pool.submit(fetch, chunk)))
+                pending.append((chunk, pool.submit(work, chunk)))
                 if len(pending) > max(1, workers):
                     done, future = pending.popleft()
                     yield done, future.result()
@@ -152,3 +162,21 @@ def read_tolerantly(chroma: ChromaPort, collection: Collection, ids: list[str]) 
         if chroma.existing_ids(collection, ids):
             raise
         return concat_batches([])
+
+
+def read_flagging(chroma: ChromaPort, collection: Collection, ids: list[str]) -> tuple[RecordBatch, list[str]]:
+    """The records of ``ids`` that can be read, and the ids that exist but cannot be read (a
+    damaged index: ``Error finding id`` for a record whose id and metadata are there).  As
+    ``read_tolerantly``, a failing page is read again in halves down to single ids; an id gone
+    meanwhile is neither."""
+    try:
+        return chroma.fetch(collection, ids), []
+    except ChromaUnavailable:
+        raise
+    except ChromaFailure:
+        if len(ids) > 1:
+            half = len(ids) // 2
+            first, bad_first = read_flagging(chroma, collection, ids[:half])
+            second, bad_second = read_flagging(chroma, collection, ids[half:])
+            return concat_batches([first, second]), bad_first + bad_second
+        return concat_batches([]), list(chroma.existing_ids(collection, ids))

@@ -7,14 +7,15 @@ the server or the connection is gone) or ``BackupError``.  Identifiers go throug
 ``Database`` is one connection (``Session``) and the parts that work through it, each with one
 job; callers name the part they use:
 
-- ``catalog``: collections and snapshots (``db/catalog.py``)
-- ``records``: record versions, digests, COPY (``db/records.py``), and the id listings that backup
-  and verify compare with them (``db/listing.py``)
-- ``restores``: the restore log and which collections restores created (``db/restores.py``)
-- ``verdicts``: the health history (``db/verdicts.py``)
-- ``retention``: prune plans and prunes (``db/retention.py``)
-- ``locks``: per-collection advisory locks (``db/locks.py``)
-- ``schema``: migrations (``db/schema.py``)
+- ``catalog``: collections and snapshots (``catalog.py``)
+- ``records``: record versions, digests, COPY (``records.py``), and the id listings that backup,
+  verify, diff and the deep check compare with them (``listing.py``)
+- ``changes``: what changed between two snapshots (``changes.py``)
+- ``restores``: the restore log and which collections restores created (``restores.py``)
+- ``verdicts``: the health history (``verdicts.py``)
+- ``retention``: prune plans and prunes (``retention.py``)
+- ``locks``: per-collection advisory locks (``locks.py``)
+- ``schema``: migrations (``schema.py``)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from chroma_backup.catalog import Snapshot
 from chroma_backup.postgres.catalog import Catalog
+from chroma_backup.postgres.changes import Changes
 from chroma_backup.postgres.listing import Chunk, IdListing
 from chroma_backup.postgres.locks import Locks
 from chroma_backup.postgres.records import RecordStore, SnapshotWriter
@@ -54,6 +56,7 @@ class Database:
         self.session = Session(settings, embedded_dsn)
         self.catalog = Catalog(self.session)
         self.records = RecordStore(self.session)
+        self.changes = Changes(self.session)
         self.restores = RestoreLog(self.session)
         self.verdicts = HealthLog(self.session)
         self.retention = Retention(self.session)

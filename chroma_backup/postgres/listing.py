@@ -118,6 +118,27 @@ class IdListing:
             except psycopg2.Error:
                 pass  # the transaction already ended (an error elsewhere): the cursor went with it
 
+    def unlisted_ids(self, size: int) -> Iterator[list[str]]:
+        """Every stored record the listing lacks, in pages of ``size`` ids in id order (one
+        anti-join through a server-side cursor)."""
+        self._drop_gone()
+        query = sql.SQL("SELECT s.record_id FROM ({stored}) s WHERE {unlisted} ORDER BY s.record_id").format(
+            stored=self._stored, unlisted=_UNLISTED
+        )
+        cursor = self._session.conn.cursor(name=f"chroma_backup_unlisted_{next(_cursor_names)}")
+        try:
+            cursor.execute(query, self._stored_params)
+            while True:
+                rows = cursor.fetchmany(size)
+                if not rows:
+                    return
+                yield [row[0] for row in rows]
+        finally:
+            try:
+                cursor.close()
+            except psycopg2.Error:
+                pass  # the transaction already ended: the cursor went with it
+
     def stored_count(self) -> int:
         """How many versions ``visible`` selects (a snapshot's size)."""
         self._cur.execute(sql.SQL("SELECT count(*) FROM ({}) s").format(self._stored), self._stored_params)

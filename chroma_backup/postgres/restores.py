@@ -21,13 +21,16 @@ class RestoreLog(Part):
         reason: str | None,
         temporary_name: str | None = None,
         target_database: str | None = None,
+        kind: str = "restore",
     ) -> int:
+        """``kind``: ``restore`` (a collection re-created), ``repair`` or ``records`` (records written
+        back into a live collection)."""
         with self.transaction("recording the restore") as cur:
             cur.execute(
                 self.tables.fmt(
                     "INSERT INTO {rest} (collection_ref, snapshot_id, source_snapshot_id, target, target_server, "
-                    "target_database, status, trigger, reason, temporary_name, backend_pid) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, pg_backend_pid()) RETURNING restore_id"
+                    "target_database, status, trigger, reason, temporary_name, backend_pid, kind) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, pg_backend_pid(), %s) RETURNING restore_id"
                 ),
                 (
                     snapshot.collection_ref,
@@ -39,6 +42,7 @@ class RestoreLog(Part):
                     trigger,
                     reason,
                     temporary_name,
+                    kind,
                 ),
             )
             return int(cur.fetchone()[0])
@@ -98,7 +102,8 @@ class RestoreLog(Part):
                     "SELECT DISTINCT ON (r.target) r.target, c.name, r.source_snapshot_id, r.target_collection_id, "
                     "c.database FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s "
                     "AND coalesce(r.target_database, c.database) = %s AND r.target_server = %s "
-                    "AND r.status = 'complete' AND r.verified ORDER BY r.target, r.restore_id DESC"
+                    "AND r.status = 'complete' AND r.verified AND r.kind = 'restore' "
+                    "ORDER BY r.target, r.restore_id DESC"
                 ),
                 (tenant, database, target_server),
             )
@@ -134,7 +139,8 @@ class RestoreLog(Part):
         with self.transaction("listing restores") as cur:
             cur.execute(
                 self.tables.fmt(
-                    "SELECT c.name, r.finished_at, r.source_snapshot_id, r.target, r.trigger FROM {rest} r "
+                    "SELECT c.name, r.finished_at, r.source_snapshot_id, r.target, r.trigger, r.kind, r.records "
+                    "FROM {rest} r "
                     "JOIN {coll} c USING (collection_ref) WHERE r.status = 'complete' AND "
                     + where
                     + " ORDER BY r.restore_id"
@@ -150,8 +156,8 @@ class RestoreLog(Part):
                 self.tables.fmt(
                     "SELECT r.restore_id, c.name AS collection, r.source_snapshot_id, r.target, r.target_server, "
                     "r.target_database, r.status, r.started_at, r.finished_at, r.records, r.verified, r.trigger, "
-                    "r.reason, r.error, r.differences FROM {rest} r JOIN {coll} c USING (collection_ref) "
-                    "WHERE c.tenant = %s AND c.database = %s "
+                    "r.reason, r.error, r.differences, r.kind, r.counts "
+                    "FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
                     "ORDER BY r.restore_id DESC LIMIT %s"
                 ),
                 (tenant, database, limit),
@@ -168,14 +174,16 @@ class RestoreLog(Part):
         error: str | None = None,
         target_collection_id: str | None = None,
         differences: list[str] | None = None,
+        counts: dict[str, Any] | None = None,
     ) -> None:
         """``differences``: the configuration/schema keys in which a record-identical copy differs
-        from the snapshot (None or empty: exact)."""
+        from the snapshot (None or empty: exact); ``counts``: what a repair or a record-level
+        restore found and wrote."""
         with self.transaction("recording the restore result") as cur:
             cur.execute(
                 self.tables.fmt(
                     "UPDATE {rest} SET status = %s, finished_at = clock_timestamp(), records = %s, verified = %s, "
-                    "error = %s, target_collection_id = %s, differences = %s WHERE restore_id = %s"
+                    "error = %s, target_collection_id = %s, differences = %s, counts = %s WHERE restore_id = %s"
                 ),
                 (
                     status,
@@ -184,6 +192,7 @@ class RestoreLog(Part):
                     error[:2000] if error else None,
                     target_collection_id,
                     _jsonb(differences or None),
+                    _jsonb(counts),
                     restore_id,
                 ),
             )
@@ -201,7 +210,8 @@ class RestoreLog(Part):
                     "SELECT r.restore_id, r.source_snapshot_id, r.target, r.target_collection_id, "
                     "r.finished_at AT TIME ZONE 'UTC' AS finished_at "
                     "FROM {rest} r JOIN {coll} c USING (collection_ref) "
-                    "WHERE r.collection_ref = %s AND r.status = 'complete' AND r.verified AND r.target_server = %s "
+                    "WHERE r.collection_ref = %s AND r.status = 'complete' AND r.verified AND r.kind = 'restore' "
+                    "AND r.target_server = %s "
                     "AND coalesce(r.target_database, c.database) = %s AND r.target <> c.name "
                     "AND r.started_at > (SELECT min(h.checked_at) FROM {health} h WHERE h.collection_ref = %s "
                     "  AND h.status = %s AND h.checked_at > coalesce((SELECT max(p.checked_at) FROM {health} p "

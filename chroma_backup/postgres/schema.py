@@ -117,6 +117,17 @@ def _migrations(tb: Tables) -> list[sql.Composed]:
         # 4: a restore says which process runs it (a dead one's row is marked failed) and which
         # collection it was building (a dead one's half-built copy is removed by that id).
         tb.fmt("ALTER TABLE {rest} ADD COLUMN backend_pid integer, ADD COLUMN temporary_collection_id text"),
+        # 5: surgical recovery: a restore may write records back into a live collection (kind
+        # ``repair`` or ``records``, with what it wrote), and a deep check's verdict keeps its
+        # counts (records checked, unreadable, not found by the index, gone).
+        tb.fmt(
+            """
+            ALTER TABLE {rest} ADD COLUMN kind text NOT NULL DEFAULT 'restore'
+                CHECK (kind IN ('restore', 'repair', 'records')),
+                ADD COLUMN counts jsonb;
+            ALTER TABLE {health} ADD COLUMN findings jsonb;
+            """
+        ),
     ]
 
 

@@ -5,23 +5,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from chroma_backup.postgres.session import Part
+from chroma_backup.postgres.session import Part, _jsonb
 
 
 class HealthLog(Part):
     """One row per health verdict."""
 
     def record_verdict(
-        self, collection_ref: int, status: str, detail: str, records: int | None, snapshot_id: int | None
+        self,
+        collection_ref: int,
+        status: str,
+        detail: str,
+        records: int | None,
+        snapshot_id: int | None,
+        findings: dict[str, Any] | None = None,
     ) -> None:
-        """Keep one health verdict (the history ``health --history`` lists)."""
+        """Keep one health verdict (the history ``health --history`` lists); ``findings``: a deep
+        check's counts."""
         with self.transaction("recording the health verdict") as cur:
             cur.execute(
                 self.tables.fmt(
-                    "INSERT INTO {health} (collection_ref, status, detail, records, snapshot_id) "
-                    "VALUES (%s, %s, %s, %s, %s)"
+                    "INSERT INTO {health} (collection_ref, status, detail, records, snapshot_id, findings) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)"
                 ),
-                (collection_ref, status, detail[:2000], records, snapshot_id),
+                (collection_ref, status, detail[:2000], records, snapshot_id, _jsonb(findings)),
             )
 
     def health_history(

@@ -10,17 +10,19 @@ restores asked for over HTTP run as tasks (``tasks.TaskRunner``): 202 with a tas
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from chroma_backup.app.names import Where
 from chroma_backup.app.operations import Operations
+from chroma_backup.core.diff import LIVE
 from chroma_backup.errors import (
     BackupError,
     CollectionBusy,
@@ -109,6 +112,39 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 
 def Limit(default: int) -> Any:
     return Query(default, ge=1, le=10_000, description="at most this many rows")
+
+
+def _stream_diff(
+    backend: Any, name: str, from_snapshot: int | None, at: datetime | None, to: str, ids: bool
+) -> Iterator[bytes]:
+    """The diff's JSON, written as the changes are found: the diff runs on stores of its own in a
+    thread and hands each change over through a bounded queue (memory stays flat)."""
+    changes: queue.Queue[Any] = queue.Queue(maxsize=1000)
+    done = object()
+
+    def produce() -> None:
+        ops = Operations(backend)
+        try:
+            result = ops.diff(name, from_snapshot=from_snapshot, at=at, to=to, on_change=changes.put if ids else None)
+            changes.put((done, {"summary": result.summary()}))
+        except BackupError as error:
+            changes.put((done, {"error": first_line(error)}))
+        except Exception as error:  # noqa: BLE001 - the request's boundary: the stream ends with the error
+            log.error("api diff unexpected %s: %s", type(error).__name__, first_line(error))
+            changes.put((done, {"error": f"internal error ({type(error).__name__})"}))
+        finally:
+            ops.close()
+
+    threading.Thread(target=produce, name="api-diff", daemon=True).start()
+    yield b'{"changes": ['
+    first = True
+    while True:
+        item = changes.get()
+        if isinstance(item, tuple) and item[0] is done:
+            yield b"], " + json.dumps(item[1])[1:].encode()
+            return
+        yield (b"" if first else b",") + json.dumps(item.as_json(), ensure_ascii=False).encode()
+        first = False
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -218,6 +254,26 @@ def create_app(
     @app.get("/api/v1/collections/{name}/snapshots", summary="A collection's snapshots, newest first", responses=ERRORS)
     def snapshots(name: str, limit: int = Limit(50)) -> list[dict[str, Any]]:
         return read(lambda ops: [s.as_json() for s in ops.snapshots(name.replace(":", "/"), limit=limit)])
+
+    @app.get(
+        "/api/v1/collections/{name}/diff",
+        summary="What changed between a snapshot and another one or the live collection, streamed",
+        responses=ERRORS,
+    )
+    def diff(
+        name: str,
+        from_snapshot: int | None = Query(None, alias="from", ge=1, le=2**62, description="older snapshot id"),
+        at: datetime | None = Query(None, description="older snapshot: the newest complete one at or before this"),
+        to: str = Query(LIVE, pattern=r"^(live|[1-9][0-9]{0,17})$", description="newer snapshot id, or live"),
+        ids: bool = Query(True, description="list every changed id (else the summary alone)"),
+    ) -> StreamingResponse:
+        if from_snapshot is not None and at is not None:
+            raise ApiError(400, "give from or at, not both")
+        label = name.replace(":", "/")
+        read(lambda ops: ops.snapshot_records(ops.names.single_collection(label), from_snapshot))  # 404s first
+        return StreamingResponse(
+            _stream_diff(reader.backend, label, from_snapshot, _utc(at), to, ids), media_type="application/json"
+        )
 
     @app.get("/api/v1/restores", summary="Restores, newest first", responses=ERRORS)
     def restores(limit: int = Limit(50)) -> list[dict[str, Any]]:

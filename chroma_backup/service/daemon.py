@@ -1,7 +1,7 @@
 """The daemon behind ``python main.py run``.
 
 One ``schedule.Scheduler`` in the main thread only triggers jobs; each kind of job (backup,
-health) runs in a worker thread of its own with its own PostgreSQL connection and Chroma client,
+health, deep check) runs in a worker thread of its own with its own PostgreSQL connection and Chroma client,
 so a long backup never stalls health checks, and a turn that comes while the previous one of the
 same kind still runs is skipped.  A job that raises is logged with its traceback and counted; the
 loop goes on.  Stores are opened lazily inside jobs, so the daemon starts and keeps running while
@@ -60,6 +60,8 @@ class Daemon:
             "backup", self.backup_job, metrics, retry_cap=min(self.settings.export_interval_minutes * 60, 900.0)
         )
         self.health_worker = Worker("health", self.health_job, metrics)
+        self.deep_ops = Operations(backend, stop=stop, retry_jobs=True)
+        self.deep_worker = Worker("deep", self.deep_job, metrics)
         self._seeded = False
         self.backend = backend
         self.scheduler = schedule.Scheduler()
@@ -110,6 +112,16 @@ class Daemon:
             if recovery is not None and recovery.action in (RESTORED, FAILED):
                 self.metrics.restore(report.collection, "ok" if recovery.action == RESTORED else "failed")
 
+    def deep_job(self) -> None:
+        """The deep check of every selected collection (and with AUTO_REPAIR, a repair of each
+        one found damaged)."""
+        for report in self.deep_ops.deep_round(repair=self.settings.auto_repair):
+            self.metrics.health_status(report.collection, report.verdict.status)
+            if report.findings is not None:
+                self.metrics.deep_check(report.collection, report.findings.counts())
+            if report.repair is not None:
+                self.metrics.restore(report.collection, "ok" if report.repair.verified else "failed")
+
     # -- loop -----------------------------------------------------------------------------------
 
     def schedule_info(self) -> dict[str, str | None]:
@@ -151,13 +163,20 @@ class Daemon:
         self._jobs["health"] = scheduler.every(_seconds(s.health_check_interval_minutes)).seconds.do(
             self.health_worker.trigger
         )
+        if s.deep_check_interval_hours > 0:  # the first one an interval after start, not at start
+            self._jobs["deep"] = scheduler.every(_seconds(s.deep_check_interval_hours * 60)).seconds.do(
+                self.deep_worker.trigger
+            )
         log.info(
-            "daemon started collections=%s databases=%s export_every=%gmin health_every=%gmin auto_restore=%s http=%s",
+            "daemon started collections=%s databases=%s export_every=%gmin health_every=%gmin deep_every=%s "
+            "auto_restore=%s auto_repair=%s http=%s",
             ",".join(s.collections),
             ",".join(s.chroma_databases),
             s.export_interval_minutes,
             s.health_check_interval_minutes,
+            f"{s.deep_check_interval_hours:g}h" if s.deep_check_interval_hours > 0 else "off",
             s.auto_restore,
+            s.auto_repair,
             f"{s.http_host}:{s.http_port}" if http else "off",
         )
         self.backup_worker.trigger()
@@ -174,11 +193,13 @@ class Daemon:
             self.stop.wait(LOOP_TICK_SECONDS)
         log.info("daemon stopping: waiting up to %.0fs for running jobs", SHUTDOWN_GRACE_SECONDS)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        finished = all(w.join(max(0.0, deadline - time.monotonic())) for w in (self.backup_worker, self.health_worker))
+        workers = (self.backup_worker, self.health_worker, self.deep_worker)
+        finished = all(w.join(max(0.0, deadline - time.monotonic())) for w in workers)
         if http is not None:
             http.stop()
         if finished:
             self.backup_ops.close()
             self.health_ops.close()
+            self.deep_ops.close()
         log.info("daemon stopped clean=%s", finished)
         return 0

@@ -55,6 +55,18 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        self.deep = Gauge(
+            "chroma_backup_deep_records",
+            "Records the last deep check found, by kind: checked, unreadable, unindexed, gone",
+            ["collection", "kind"],
+            registry=r,
+        )
+        self.deep_time = Gauge(
+            "chroma_backup_deep_check_timestamp_seconds",
+            "Unix time of the collection's last deep check",
+            ["collection"],
+            registry=r,
+        )
         self.server_wiped = Gauge(
             "chroma_backup_server_wiped",
             "1 while the last health round found every selected collection with backups gone at once",
@@ -87,6 +99,11 @@ class Metrics:
     def health_status(self, collection: str, status: str) -> None:
         for candidate in HEALTH_STATUSES:
             self.health.labels(collection, candidate).set(1 if candidate == status else 0)
+
+    def deep_check(self, collection: str, counts: dict[str, int]) -> None:
+        for kind in ("checked", "unreadable", "unindexed", "gone"):
+            self.deep.labels(collection, kind).set(counts[kind])
+        self.deep_time.labels(collection).set(time.time())
 
     def restore(self, collection: str, result: str) -> None:
         self.restores.labels(collection, result).inc()

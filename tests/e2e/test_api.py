@@ -147,6 +147,24 @@ def test_a_whole_server_restore_over_http_is_a_task_with_its_plan_and_outcomes(a
     assert refused.status_code == 400 and refused.json() == {"error": "give overwrite or skip_existing, not both"}
 
 
+def test_diff_over_http_streams_every_change_and_the_summary(api, client, name):
+    collection = client.get_collection(name, embedding_function=None)
+    collection.delete(ids=["r1"])
+    collection.update(ids=["r2"], metadatas=[{"i": -2}])
+    answer = api.get(f"/api/v1/collections/{name}/diff")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert sorted((c["id"], c["change"], c["parts"]) for c in body["changes"]) == [
+        ("r1", "deleted", []),
+        ("r2", "updated", ["metadata"]),
+    ]
+    assert (body["summary"]["deleted"], body["summary"]["updated"], body["summary"]["unchanged"]) == (1, 1, 48)
+    summary_only = api.get(f"/api/v1/collections/{name}/diff", params={"ids": "false"}).json()
+    assert summary_only["changes"] == [] and summary_only["summary"]["deleted"] == 1
+    assert api.get("/api/v1/collections/nosuch/diff").status_code == 404
+    assert api.get(f"/api/v1/collections/{name}/diff", params={"to": "x"}).status_code == 422
+
+
 def test_a_restore_of_a_busy_collection_answers_409(api, settings, name):
     from chroma_backup.postgres import Database
 

@@ -35,7 +35,16 @@ def test_bench_smoke_produces_every_measurement_and_ratio(database_url, tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
-    for key in ("raw_read", "backup_full", "backup_nochange", "verify", "backup_churn", "raw_add", "restore"):
+    for key in (
+        "raw_read",
+        "backup_full",
+        "backup_nochange",
+        "verify",
+        "deep_check",
+        "backup_churn",
+        "raw_add",
+        "restore",
+    ):
         assert data[key]["records"] > 250 and data[key]["median_seconds"] > 0 and data[key]["peak_rss_mb"] > 0
     assert data["raw_read"]["records"] == data["backup_full"]["records"] == 300
     assert data["backup_full"]["bytes_written"] > 0
@@ -86,6 +95,7 @@ def test_bench_scale_mode_measures_what_grows_with_the_collection(database_url, 
         "backup_full/raw_read",
         "backup_nochange/raw_read",
         "verify/raw_read",
+        "deep_check/backup_nochange",
         "nochange_bytes/full_bytes",
         "backup_rss_growth_mb",
         "backup_full/backup_full_baseline",

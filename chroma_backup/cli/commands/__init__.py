@@ -1,6 +1,18 @@
 """One module per command: its ``NAME``, ``SUMMARY`` (the line in ``--help``), ``HELP``,
 ``add_arguments(parser)`` and ``run(args, ops) -> exit code``."""
 
-from chroma_backup.cli.commands import accept, backup, demo, health, prune, restore, run, snapshots, verify
+from chroma_backup.cli.commands import (
+    accept,
+    backup,
+    demo,
+    diff,
+    health,
+    prune,
+    repair,
+    restore,
+    run,
+    snapshots,
+    verify,
+)
 
-COMMANDS = [run, backup, snapshots, restore, verify, health, accept, prune, demo]
+COMMANDS = [run, backup, snapshots, restore, verify, diff, health, repair, accept, prune, demo]
