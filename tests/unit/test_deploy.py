@@ -146,7 +146,7 @@ def test_the_alert_rules_pass_promtool_unit_tests():
         ["promtool", "check", "rules", "alerts.yml"], cwd=ROOT / "deploy/prometheus", capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 9 rules found" in check.stdout
     test = subprocess.run(
         ["promtool", "test", "rules", "alerts_test.yml"], cwd=ROOT / "deploy/prometheus", capture_output=True, text=True
     )
