@@ -33,6 +33,12 @@ sizes (summing to --records) and spaces in two databases onto an empty server, w
 with as many writers in the same run (raw_add_pN: do writes to different collections run side by
 side?), and reports the restore time per million records (the RTO).
 
+    python bench/bench.py --collections 1000 --records-per-collection 1000 --dim 64 [--concurrency 1,4]
+
+measures the many-collections case: Chroma's own client reading every collection, then for each
+BACKUP_CONCURRENCY setting a first (full) and a no-change backup round and a health round of all
+of them (``python main.py backup`` / ``health`` as the CLI runs them, each in a fresh process).
+
 and prints medians and the ratios the README quotes.  Absolute times on a shared 2-core machine
 are noisy; the ratios are what matter.
 """
@@ -475,6 +481,306 @@ def print_server_table(results: dict) -> None:
         print(f"{key:<40} {value:>10}")
 
 
+# -- the many-collections case ------------------------------------------------------------------
+
+
+def many_names(collections: int) -> list[str]:
+    return [f"c-{i:05d}" for i in range(collections)]
+
+
+def populate_many(path: Path, collections: int, per: int, dim: int) -> None:
+    from chroma_backup.chroma import ChromaStore, CollectionInfo
+
+    with Chroma(path) as server:
+        chroma = ChromaStore.connect(settings_for(server.port, "postgresql://unused@localhost/x", "unused"))
+        for index, name in enumerate(many_names(collections)):
+            info = CollectionInfo("", name, None, {"hnsw": {"space": "l2"}}, None, dim, chroma.server_version)
+            collection = chroma.create(name, info)
+            for start in range(0, per, chroma.batch_size()):
+                chroma.add(collection, synthetic_batch(start, min(per, start + chroma.batch_size()), dim, SEED + index))
+            print(f"  populated {index + 1}/{collections} collections", end="\r", flush=True)
+        chroma.close()
+        print()
+
+
+def m_raw_read_many(port: int, collections: int, per: int) -> dict:
+    """Chroma's own client reading every record of every collection (one get per collection
+    when it fits the server's batch size, else pages of it)."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=ChromaSettings(anonymized_telemetry=False))
+    page = min(per, client.get_max_batch_size())
+    started = time.perf_counter()
+    total = 0
+    for name in many_names(collections):
+        collection = client.get_collection(name, embedding_function=None)
+        for offset in range(0, per, page):
+            got = collection.get(limit=page, offset=offset, include=["embeddings", "documents", "metadatas"])
+            total += len(got["ids"])
+    return {"seconds": time.perf_counter() - started, "records": total, "rss_mb": _peak_rss_mb()}
+
+
+def m_round(port: int, database_url: str, table: str, kind: str, concurrency: int) -> dict:
+    """One backup or health round of every collection, as ``python main.py backup`` / ``health``."""
+    from chroma_backup.app.operations import Operations
+    from chroma_backup.app.runtime import Backend
+    from chroma_backup.settings import load_settings
+
+    settings = load_settings(
+        {
+            "CHROMADB_HOST": "127.0.0.1",
+            "CHROMADB_PORT": str(port),
+            "DATABASE_URL": database_url,
+            "BACKUP_TABLE": table,
+            "CHROMA_COLLECTION_NAME": "*",
+            "BACKUP_CONCURRENCY": str(concurrency),
+            "HEALTH_CONCURRENCY": str(concurrency),
+        },
+        env_file=None,
+    )
+    backend = Backend(settings)
+    ops = Operations(backend)
+    try:
+        started = time.perf_counter()
+        if kind == "health":
+            reports = ops.health_round()
+            records = sum(r.verdict.records or 0 for r in reports)
+            bad = [r.as_json() for r in reports if not r.verdict.ok]
+        else:
+            results = ops.backup_round()
+            records = sum(r.records for r in results)
+            bad = [r.as_json() for r in results if r.status != "complete"]
+        seconds = time.perf_counter() - started
+    finally:
+        ops.close()
+        backend.close()
+    if bad:
+        raise RuntimeError(f"{kind} round: {len(bad)} collections not ok, e.g. {bad[0]}")
+    return {"seconds": seconds, "records": records, "rss_mb": _peak_rss_mb()}
+
+
+def run_many(args) -> dict:
+    cache = Path(args.cache_dir) / f"many-{args.collections}x{args.records_per_collection}x{args.dim}-s{SEED}"
+    if not (cache / "chroma.sqlite3").exists():
+        print(f"building {args.collections} collections x {args.records_per_collection} records in {cache} ...")
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        populate_many(cache, args.collections, args.records_per_collection, args.dim)
+    concurrencies = sorted({int(c) for c in args.concurrency.split(",")})
+    workdir = Path(tempfile.mkdtemp(prefix="bench-many-", dir="/tmp"))
+    results: dict = {
+        "mode": "many",
+        "collections": args.collections,
+        "records_per_collection": args.records_per_collection,
+        "dim": args.dim,
+        "repeat": args.repeat,
+        "machine": f"{os.cpu_count()} cores, {platform_line()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    server = None
+    try:
+        shutil.copytree(cache, workdir / "chroma")
+        database_url, server = database_url_from(args, workdir)
+        with Chroma(workdir / "chroma") as chroma:
+            step("raw_read of every collection")
+            isolated(m_raw_read_many, chroma.port, args.collections, args.records_per_collection)  # warms the server
+            results["raw_read_all"] = summarize(
+                [
+                    isolated(m_raw_read_many, chroma.port, args.collections, args.records_per_collection)
+                    for _ in range(args.repeat)
+                ]
+            )
+            for c in concurrencies:
+                tables = [f"bench_{uuid.uuid4().hex[:8]}" for _ in range(args.repeat)]
+                step(f"backup rounds and a health round with concurrency {c}")
+                results[f"backup_full_c{c}"] = summarize(
+                    [isolated(m_round, chroma.port, database_url, t, "backup", c) for t in tables]
+                )
+                results[f"backup_nochange_c{c}"] = summarize(
+                    [isolated(m_round, chroma.port, database_url, t, "backup", c) for t in tables]
+                )
+                results[f"health_c{c}"] = summarize(
+                    [isolated(m_round, chroma.port, database_url, t, "health", c) for t in tables]
+                )
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+    raw = results["raw_read_all"]["median_seconds"]
+    results["ratios"] = {}
+    for c in concurrencies:
+        results["ratios"][f"backup_full_c{c}/raw_read_all"] = round(
+            results[f"backup_full_c{c}"]["median_seconds"] / raw, 3
+        )
+        results["ratios"][f"backup_nochange_c{c}/raw_read_all"] = round(
+            results[f"backup_nochange_c{c}"]["median_seconds"] / raw, 3
+        )
+        results["ratios"][f"health_c{c}/20min"] = round(results[f"health_c{c}"]["median_seconds"] / 1200, 4)
+    return results
+
+
+def print_many_table(results: dict) -> None:
+    print()
+    print(
+        f"{results['collections']} collections x {results['records_per_collection']} records x {results['dim']} dims, "
+        f"median of {results['repeat']} ({results['machine']}, {results['date']})"
+    )
+    print(f"{'operation':<22} {'median s':>9} {'records/s':>11} {'peak RSS MB':>12}")
+    for key, r in results.items():
+        if isinstance(r, dict) and "median_seconds" in r:
+            print(
+                f"{key:<22} {r['median_seconds']:>9.2f} {r['records_per_second'] or 0:>11.0f} {r['peak_rss_mb']:>12.1f}"
+            )
+    print()
+    for key, value in results["ratios"].items():
+        print(f"{key:<40} {value:>10}")
+
+
+# -- the application's latency during a backup ---------------------------------------------------
+
+
+def m_app(port: int, qps: float, seconds: float, dim: int) -> dict:
+    """An application issuing ``query()`` at a steady rate: (start time, latency) of each."""
+    import chromadb
+    import numpy as np
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=ChromaSettings(anonymized_telemetry=False))
+    collection = client.get_collection(COLLECTION, embedding_function=None)
+    rng = np.random.default_rng(SEED + 99)
+    samples = []
+    started = time.time()
+    next_at = started
+    while time.time() - started < seconds:
+        now = time.time()
+        if now < next_at:
+            time.sleep(next_at - now)
+        begin = time.time()
+        collection.query(query_embeddings=rng.normal(size=(1, dim)).astype("float32"), n_results=10, include=[])
+        samples.append((begin, time.time() - begin))
+        next_at += 1.0 / qps
+    return {"samples": samples}
+
+
+def m_timed_backup(port: int, database_url: str, table: str, env: dict) -> dict:
+    """A full backup as the CLI's round runs it, with the pacing settings in ``env``."""
+    from chroma_backup.app.operations import Operations
+    from chroma_backup.app.runtime import Backend
+    from chroma_backup.settings import load_settings
+
+    settings = load_settings(
+        {
+            "CHROMADB_HOST": "127.0.0.1",
+            "CHROMADB_PORT": str(port),
+            "DATABASE_URL": database_url,
+            "BACKUP_TABLE": table,
+            "CHROMA_COLLECTION_NAME": COLLECTION,
+            **env,
+        },
+        env_file=None,
+    )
+    backend = Backend(settings)
+    ops = Operations(backend)
+    try:
+        started = time.time()
+        result = ops.backup_round()[0]
+        ended = time.time()
+    finally:
+        ops.close()
+        backend.close()
+    if result.status != "complete":
+        raise RuntimeError(f"backup failed: {result.error}")
+    return {"start": started, "end": ended, "seconds": ended - started, "records": result.records}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+LATENCY_SETTINGS = {
+    "unpaced": {"READ_RATE_ADAPTIVE": "false"},
+    "adaptive": {"READ_RATE_ADAPTIVE": "true"},
+}
+
+
+def run_latency(args) -> dict:
+    cache, _ = cached_collection(args.cache_dir, args.records, args.dim)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-latency-", dir="/tmp"))
+    settings = dict(LATENCY_SETTINGS) if not args.variants else json.loads(args.variants)
+    for limit in [int(x) for x in args.rate_limits.split(",") if x]:
+        settings[f"limit{limit}"] = {"READ_RATE_ADAPTIVE": "false", "READ_RATE_LIMIT": str(limit)}
+    results: dict = {
+        "mode": "latency",
+        "records": args.records,
+        "dim": args.dim,
+        "qps": args.qps,
+        "repeat": args.repeat,
+        "machine": f"{os.cpu_count()} cores, {platform_line()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": {},
+    }
+    server = None
+    try:
+        shutil.copytree(cache, workdir / "chroma")
+        database_url, server = database_url_from(args, workdir)
+        with Chroma(workdir / "chroma") as chroma, ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+            step("the application alone")
+            idle = [lat for _, lat in pool.submit(m_app, chroma.port, args.qps, 20, args.dim).result()["samples"]]
+            results["idle"] = {
+                "p50_ms": round(1000 * percentile(idle, 0.5), 2),
+                "p99_ms": round(1000 * percentile(idle, 0.99), 2),
+            }
+            for name, env in settings.items():
+                runs = []
+                for _ in range(args.repeat):
+                    step(f"a full backup ({name}) while the application queries")
+                    app = pool.submit(m_app, chroma.port, args.qps, args.app_seconds, args.dim)
+                    time.sleep(3)
+                    backup = pool.submit(
+                        m_timed_backup, chroma.port, database_url, f"bench_{uuid.uuid4().hex[:8]}", env
+                    )
+                    b = backup.result()
+                    samples = app.result()["samples"]
+                    during = [lat for begin, lat in samples if b["start"] <= begin <= b["end"]]
+                    runs.append(
+                        {
+                            "backup_seconds": round(b["seconds"], 2),
+                            "p50_ms": round(1000 * percentile(during, 0.5), 2),
+                            "p99_ms": round(1000 * percentile(during, 0.99), 2),
+                            "queries": len(during),
+                            "covered": samples[-1][0] >= b["end"] if samples else False,
+                        }
+                    )
+                results["runs"][name] = {
+                    "backup_seconds": statistics.median(r["backup_seconds"] for r in runs),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                    "p99/idle_p99": round(statistics.median(r["p99_ms"] for r in runs) / results["idle"]["p99_ms"], 2),
+                    "all": runs,
+                }
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def print_latency_table(results: dict) -> None:
+    print()
+    idle = results["idle"]
+    print(
+        f"an application at {results['qps']} queries/s on {results['records']} records x {results['dim']} dims "
+        f"({results['machine']}, {results['date']}): idle p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms"
+    )
+    print(f"{'during a full backup':<22} {'backup s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99/idle':>9}")
+    for name, r in results["runs"].items():
+        print(
+            f"{name:<22} {r['backup_seconds']:>9.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p99/idle_p99']:>9.2f}"
+        )
+
+
 def isolated(fn, *args) -> dict:
     """Run one measurement in a fresh process (its own peak RSS, no warm caches of ours)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
@@ -784,7 +1090,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--collections", type=int, default=20, help="collections of the --server case")
     parser.add_argument("--parallel", default="1,2,4", help="--server: the parallel settings measured, e.g. 1,2,4")
+    parser.add_argument(
+        "--records-per-collection",
+        type=int,
+        default=0,
+        help="the many-collections case: --collections collections of this many records each",
+    )
+    parser.add_argument("--concurrency", default="1,4", help="many-collections: BACKUP_CONCURRENCY settings measured")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="an application's query latency while idle and during a full backup, unpaced, adaptive and "
+        "with each --rate-limits setting",
+    )
+    parser.add_argument("--qps", type=float, default=20.0, help="--latency: the application's queries per second")
+    parser.add_argument("--app-seconds", type=float, default=60.0, help="--latency: how long the application runs")
+    parser.add_argument("--rate-limits", default="", help="--latency: READ_RATE_LIMIT settings to measure, e.g. 5000")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help='--latency: JSON {"name": {"SETTING": "value"}}: the settings measured (default: unpaced, adaptive)',
+    )
     args = parser.parse_args(argv)
+    if args.latency:
+        results = run_latency(args)
+        print_latency_table(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
+    if args.records_per_collection:
+        if args.collections < 1 or args.records_per_collection < 1:
+            parser.error("--collections >= 1 and --records-per-collection >= 1")
+        results = run_many(args)
+        print_many_table(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return 0
     if args.server:
         if args.collections < 1 or args.records < args.collections:
             parser.error("--collections >= 1 and --records >= --collections")

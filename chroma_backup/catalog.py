@@ -38,6 +38,7 @@ class Snapshot:
     accepted: bool = False
     origin_collection: str | None = None
     origin_snapshot_id: int | None = None
+    replica: str | None = None  # the process that took it (REPLICA_NAME or its host)
 
     @property
     def healthy(self) -> bool:
@@ -71,6 +72,7 @@ class Snapshot:
                 else None
             ),
             "error": self.error,
+            "replica": self.replica,
         }
 
 

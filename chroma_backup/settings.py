@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,9 +301,47 @@ class Settings:
     )
     read_workers: int = setting(
         "READ_WORKERS",
-        3,
-        "concurrent Chroma clients reading a collection (backup, verify, restore verification)",
-        integer(3, 1, 16),
+        1,
+        "concurrent Chroma clients reading a collection (backup, verify, restore verification); 3 reads "
+        "fastest, 1 leaves the application's queries room",
+        integer(1, 1, 16),
+    )
+    read_page_size: int = setting(
+        "READ_PAGE_SIZE",
+        50,
+        "records per read request of backups, verify, diff and the deep check (an application's query "
+        "waits behind a large one); 0 = BATCH_SIZE's",
+        integer(50, 0),
+    )
+    backup_concurrency: int = setting(
+        "BACKUP_CONCURRENCY",
+        2,
+        "collections backed up at once in a round (each with connections of its own)",
+        integer(2, 1, 32),
+    )
+    health_concurrency: int = setting(
+        "HEALTH_CONCURRENCY",
+        4,
+        "collections checked at once in a health round",
+        integer(4, 1, 64),
+    )
+    read_rate_limit: int = setting(
+        "READ_RATE_LIMIT",
+        0,
+        "records per second that backups, verifies and deep checks read from Chroma, all readers together; 0 = off",
+        integer(0, 0),
+    )
+    read_rate_adaptive: bool = setting(
+        "READ_RATE_ADAPTIVE",
+        True,
+        "slow reads down while Chroma answers slower than usual, and back off on HTTP 429/503",
+        boolean(True),
+    )
+    replica_name: str | None = setting(
+        "REPLICA_NAME",
+        None,
+        "this daemon's name in logs, metrics and the catalog (several daemons on one catalog); empty = host name",
+        text(None),
     )
     retention_days: float = setting(
         "RETENTION_DAYS",
@@ -472,6 +511,11 @@ class Settings:
     def target_name(self, source: str) -> str:
         """NEW_COLLECTION_NAME for ``source`` ({name} expanded)."""
         return self.new_collection_name.replace("{name}", source)
+
+    @property
+    def replica(self) -> str:
+        """This process's name among several daemons on one catalog: REPLICA_NAME, or the host's."""
+        return self.replica_name or socket.gethostname()
 
     @property
     def heartbeat_path(self) -> str:

@@ -23,6 +23,7 @@ RESTORABLE = (MISSING, CORRUPT, SHRUNK)
 RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
+SKIPPED = "skipped"  # a backup round's result for a collection another process is working on
 
 # What a recovery did.  RECOVERED actions leave a good copy in place; the rest need an operator.
 RESTORED = "restored"
@@ -31,7 +32,8 @@ RECOVERED_ITSELF = "recovered_itself"
 BLOCKED = "blocked"
 NO_SNAPSHOT = "no_snapshot"
 RECOVERY_FAILED = "failed"
-RECOVERED = (RESTORED, ALREADY_RESTORED, RECOVERED_ITSELF)
+ELSEWHERE = "elsewhere"  # another process (a replica) holds the collection's lock: it is recovering it
+RECOVERED = (RESTORED, ALREADY_RESTORED, RECOVERED_ITSELF, ELSEWHERE)
 
 # What a whole-server restore (``restore --all``) plans for a collection; a planned collection's
 # outcome is RESTORED or FAILED once it ran, its action when nothing was done for it.

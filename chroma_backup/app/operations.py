@@ -93,9 +93,9 @@ class Operations:
     # -- rounds ---------------------------------------------------------------------------------
 
     def backup_round(
-        self, requested: list[str] | None = None, progress: ProgressFactory | None = None
+        self, requested: list[str] | None = None, progress: ProgressFactory | None = None, *, fresh_seconds: float = 0.0
     ) -> list[BackupResult]:
-        return self.rounds.backup_round(requested, progress)
+        return self.rounds.backup_round(requested, progress, fresh_seconds=fresh_seconds)
 
     def health_round(self, requested: list[str] | None = None, *, restore: bool = False) -> list[HealthReport]:
         return self.rounds.health_round(requested, restore=restore)

@@ -8,15 +8,18 @@ returns result objects that say everything a caller may print, log, export or se
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from chroma_backup.app.names import Names, Where
 from chroma_backup.app.server_restore import restore_server
 from chroma_backup.app.stores import Stores
-from chroma_backup.core.backup import BackupResult, SnapshotLabel, export_collection_to_postgres
+from chroma_backup.core.backup import BackupResult, SnapshotLabel, export_collection_to_postgres, record_table_upkeep
+from chroma_backup.core.confirm import Tally
 from chroma_backup.core.health import HealthVerdict, check_collection_health, missing_database_verdict
 from chroma_backup.core.reading import Progress, RunOptions
 from chroma_backup.core.recovery import (
@@ -33,6 +36,7 @@ from chroma_backup.core.server_restore import PlannedRestore, ServerRestoreOptio
 from chroma_backup.errors import (
     BackupError,
     ChromaUnavailable,
+    CollectionBusy,
     CollectionNotFound,
     DatabaseNotFound,
     Interrupted,
@@ -47,11 +51,13 @@ from chroma_backup.states import (
     GONE,
     LEFT_OUT,
     OVERWRITE,
+    PRESENT,
     RECOVERED,
     RECOVERY_FAILED,
     RESTORABLE,
     RESTORE,
     RESTORED,
+    SKIPPED,
     TRIGGER_AUTO,
     UNREACHABLE,
 )
@@ -59,6 +65,7 @@ from chroma_backup.states import (
 log = logging.getLogger(__name__)
 
 ProgressFactory = Callable[[str], Any]  # collection label -> progress callable with .close()
+T = TypeVar("T")
 
 
 def log_backup(result: BackupResult) -> None:
@@ -76,6 +83,8 @@ def log_backup(result: BackupResult) -> None:
             result.deleted,
             result.seconds,
         )
+    elif result.status == SKIPPED:
+        log.info("backup collection=%s status=skipped reason=%s", result.collection, result.error)
     else:
         log.error("backup collection=%s status=%s error=%s", result.collection, result.status, result.error)
 
@@ -130,7 +139,11 @@ class Rounds:
     def run_options(self, progress: Progress | None = None) -> RunOptions:
         s = self.settings
         return RunOptions(
-            batch_size=s.batch_size, read_workers=s.read_workers, progress=progress, stop=self.stores.stop
+            batch_size=s.batch_size,
+            read_workers=s.read_workers,
+            progress=progress,
+            stop=self.stores.stop,
+            read_page=s.read_page_size,
         )
 
     def _stopping(self) -> bool:
@@ -139,24 +152,96 @@ class Rounds:
     # -- backup ---------------------------------------------------------------------------------
 
     def backup_round(
-        self, requested: list[str] | None = None, progress: ProgressFactory | None = None
+        self,
+        requested: list[str] | None = None,
+        progress: ProgressFactory | None = None,
+        *,
+        fresh_seconds: float = 0.0,
     ) -> list[BackupResult]:
-        """Back up every selected collection that can be read, each labelled with its verdict."""
+        """Back up every selected collection that can be read, each labelled with its verdict,
+        BACKUP_CONCURRENCY at a time.  A collection another process is backing up or restoring
+        is skipped (not failed); with ``fresh_seconds`` (the daemon's rounds) so is one whose
+        newest snapshot is younger than that (another replica took it this interval)."""
         chosen = self.stores.maybe_retry(
             lambda: self.names.selected(requested, selected_collections), "list collections"
         )
-        results = []
-        for where in chosen:
-            if self._stopping():
-                break
-            results.append(self._isolated_backup(where, progress))
+        results = self.each(
+            chosen,
+            lambda rounds, where: rounds._isolated_backup(where, progress, fresh_seconds),
+            self.settings.backup_concurrency,
+        )
+        # The record table's upkeep once for the whole round, not once per collection (a VACUUM
+        # of a table shared by a thousand collections is not cheap).
+        done = [Tally(r.added, r.updated, r.deleted) for r in results if r.status == COMPLETE]
+        if done:
+            record_table_upkeep(self.stores.db, done)
         return results
 
-    def _isolated_backup(self, where: Where, progress: ProgressFactory | None) -> BackupResult:
+    def each(self, wheres: list[Where], work: Callable[[Rounds, Where], T], concurrency: int) -> list[T]:
+        """``work(rounds, where)`` for every collection, in order of ``wheres``; with
+        ``concurrency`` > 1, that many worker threads, each with stores of its own (memory is
+        bounded by the batch sizes times the concurrency).  ``work`` isolates its collection's
+        failures; an interruption stops every worker at its next batch and is raised."""
+        if concurrency <= 1 or len(wheres) <= 1:
+            out = []
+            for where in wheres:
+                if self._stopping():
+                    break
+                out.append(work(self, where))
+            return out
+        pending: queue.Queue[tuple[int, Where]] = queue.Queue()
+        for index, where in enumerate(wheres):
+            pending.put((index, where))
+        stop = self.stores.stop or threading.Event()
+        done: dict[int, T] = {}
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            stores = Stores(
+                self.stores.backend,
+                stop=stop,
+                retry_jobs=self.stores.retry_jobs,
+                chroma_timeout=self.stores.chroma_timeout,
+            )
+            rounds = Rounds(stores, Names(stores))
+            try:
+                while not stop.is_set():
+                    try:
+                        index, where = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    done[index] = work(rounds, where)
+            except BaseException as error:  # noqa: BLE001 - raised again in the calling thread
+                stop.set()
+                errors.append(error)
+            finally:
+                stores.close()
+
+        threads = [threading.Thread(target=worker, name=f"round-{i}", daemon=True) for i in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        except KeyboardInterrupt:
+            stop.set()  # every worker ends at its next batch
+            for thread in threads:
+                thread.join()
+            raise
+        if errors:
+            raise errors[0]
+        return [done[index] for index in sorted(done)]
+
+    def _isolated_backup(
+        self, where: Where, progress: ProgressFactory | None, fresh_seconds: float = 0.0
+    ) -> BackupResult:
         label = self.names.label(where)
         bar = progress(label) if progress else None
         try:
-            result = self.stores.maybe_retry(lambda: self.backup_one(where, bar), f"backup {label}")
+            result = self.stores.maybe_retry(lambda: self.backup_one(where, bar, fresh_seconds), f"backup {label}")
+        except CollectionBusy as error:  # another process holds it: its work, not a failure
+            result = BackupResult(collection=label, status=SKIPPED, error=str(error))
         except Interrupted as error:
             log_backup(BackupResult(collection=label, status=FAILED, error=str(error)))
             raise
@@ -172,25 +257,83 @@ class Rounds:
         log_backup(result)
         return result
 
-    def backup_one(self, where: Where, progress: Progress | None = None) -> BackupResult:
+    def backup_one(self, where: Where, progress: Progress | None = None, fresh_seconds: float = 0.0) -> BackupResult:
         """Check a collection and back it up under that verdict (a missing or unreachable
-        collection cannot be read: that raises)."""
+        collection cannot be read: that raises), under its lock; with ``fresh_seconds``, skip it
+        when its newest snapshot is younger than that."""
         chroma, db = self.stores.chroma_for(where.database), self.stores.db
-        verdict = self.check(where)
-        if verdict.status in GONE:
-            raise CollectionNotFound(f"collection {where.name!r} does not exist")
-        if verdict.status == UNREACHABLE:
-            raise ChromaUnavailable(f"Chroma unreachable: {verdict.detail}")
+        with db.locks.collection_lock(chroma.tenant, where.database, where.name):
+            fresh = self._fresh(where, fresh_seconds)
+            if fresh is not None:
+                return fresh
+            return self._backup_locked(where, progress)
+
+    def _fresh(self, where: Where, fresh_seconds: float) -> BackupResult | None:
+        """A ``skipped`` result when the collection's newest snapshot is younger than
+        ``fresh_seconds`` (another replica backed it up this interval)."""
+        if fresh_seconds <= 0:
+            return None
+        db, s = self.stores.db, self.settings
+        ref = db.catalog.collection_ref(s.chroma_tenant, where.database, where.name)
+        latest = db.catalog.latest_complete(ref) if ref is not None else None
+        if latest is None or latest.started_at is None:
+            return None
+        age = (datetime.now(timezone.utc) - latest.started_at).total_seconds()
+        if age >= fresh_seconds:
+            return None
+        by = f" by {latest.replica}" if latest.replica else ""
+        return BackupResult(
+            collection=where.name,
+            status=SKIPPED,
+            snapshot_id=latest.snapshot_id,
+            records=latest.records or 0,
+            error=f"snapshot {latest.snapshot_id} was taken {age:.0f}s ago{by}",
+        )
+
+    def _backup_locked(self, where: Where, progress: Progress | None) -> BackupResult:
+        chroma, db = self.stores.chroma_for(where.database), self.stores.db
+        label = self._recent_label(where)
+        if label is None:  # no verdict this health interval: check now
+            verdict = self.check(where)
+            if verdict.status in GONE:
+                raise CollectionNotFound(f"collection {where.name!r} does not exist")
+            if verdict.status == UNREACHABLE:
+                raise ChromaUnavailable(f"Chroma unreachable: {verdict.detail}")
+            label = SnapshotLabel(verdict.status, verdict.detail)
         made = origin_of(chroma, db, where.name)
-        origin = None
         if made is not None and made["collection_id"] == chroma.open(where.name).id:
-            origin = (made["collection"], made["snapshot_id"])
+            label = replace(label, origin=(made["collection"], made["snapshot_id"]))
         return export_collection_to_postgres(
             chroma,
             db,
             where.name,
-            label=SnapshotLabel(verdict.status, verdict.detail, origin=origin),
+            label=label,
             run=self.run_options(progress),
+            upkeep=False,  # the round's, once
+        )
+
+    def _recent_label(self, where: Where) -> SnapshotLabel | None:
+        """The label of the collection's verdict when the health job gave one within its
+        interval (the health probe is not run again inside every backup), with the shrink
+        check the backup's own listing then makes; None when there is no such verdict."""
+        s, db = self.settings, self.stores.db
+        ref = db.catalog.collection_ref(s.chroma_tenant, where.database, where.name)
+        latest = db.verdicts.latest(ref) if ref is not None else None
+        if latest is None or latest["status"] not in PRESENT:
+            return None
+        age = (datetime.now(timezone.utc) - latest["checked_at"]).total_seconds()
+        if age > s.health_check_interval_minutes * 60:
+            return None
+        assert ref is not None
+        baseline = db.catalog.latest_complete(ref, healthy_only=True)
+        minimum = int(s.health_min_record_ratio * baseline.records) if baseline and baseline.records else 0
+        return SnapshotLabel(
+            latest["status"],
+            latest["detail"],
+            min_records=minimum,
+            baseline=f"{s.health_min_record_ratio:g} x {baseline.records} of snapshot {baseline.snapshot_id}"
+            if baseline
+            else "",
         )
 
     # -- health ---------------------------------------------------------------------------------
@@ -229,13 +372,11 @@ class Rounds:
         except ChromaUnavailable as error:  # every collection we know of is unreachable
             unreachable = str(error)
             chosen = [self.names.resolve(r) for r in requested] if requested else self.names.catalog_targets()
-        checked: list[tuple[Where, HealthReport]] = []
-        for where in chosen:
-            if self._stopping():
-                break
-            checked.append(
-                (where, HealthReport(_unreachable(where.name, unreachable)) if unreachable else self._checked(where))
-            )
+        if unreachable:
+            reports = [HealthReport(_unreachable(where.name, unreachable)) for where in chosen]
+        else:  # HEALTH_CONCURRENCY at a time
+            reports = self.each(chosen, lambda rounds, where: rounds._checked(where), self.settings.health_concurrency)
+        checked = list(zip(chosen, reports, strict=False))
         if wiped([report.verdict for _, report in checked]):
             self._server_wiped(checked, restore)
         elif restore:

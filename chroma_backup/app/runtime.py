@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from chroma_backup.chroma.pacing import ReadPacer
 from chroma_backup.postgres import Database, EmbeddedPostgres
 from chroma_backup.settings import Settings
 
@@ -19,6 +20,8 @@ class Backend:
         self._embedded: EmbeddedPostgres | None = None
         self._dsn: str | None = None
         self._migrated = False
+        # Every reader of this process is paced together (READ_RATE_LIMIT, READ_RATE_ADAPTIVE).
+        self.pacer = ReadPacer(settings.read_rate_limit, settings.read_rate_adaptive)
 
     def embedded_dsn(self) -> str | None:
         if not self.settings.embedded_postgres:

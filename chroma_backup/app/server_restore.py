@@ -233,7 +233,9 @@ def _run_workers(
         with progress_lock:
             run.advance(records)
 
-    worker_run = RunOptions(batch_size=run.batch_size, read_workers=run.read_workers, progress=advance, stop=stop)
+    worker_run = RunOptions(
+        batch_size=run.batch_size, read_workers=run.read_workers, progress=advance, stop=stop, read_page=run.read_page
+    )
     errors: list[BaseException] = []
 
     def worker() -> None:

@@ -122,6 +122,7 @@ class Stores:
                 timeout=self.chroma_timeout,
                 database=database,
                 create=create,
+                pacer=self.backend.pacer,
             ),
             "chroma connect",
         )

@@ -19,6 +19,7 @@ from chroma_backup.chroma.compat import (
     creation_plans,
     index_params,
 )
+from chroma_backup.chroma.sizing import _records_within as records_within
 from chroma_backup.chroma.store import ChromaStore, Collection
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "CollectionInfo",
     "creation_plans",
     "index_params",
+    "records_within",
 ]

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -154,6 +154,7 @@ class Transport:
 
     def __init__(self, address: str, headers: dict[str, str], timeout: float):
         self.address = address
+        self.on_throttled: Callable[[], None] | None = None  # told of every 429 (the read pacer backs off)
         self._client = httpx.Client(
             base_url=address.rstrip("/") + "/api/v2", headers=headers, timeout=httpx.Timeout(timeout)
         )
@@ -196,7 +197,11 @@ class Transport:
                 response = self._client.request(
                     method, path, content=content, params=params, headers=JSON_HEADERS if content is not None else None
                 )
-            if response.status_code != THROTTLED_STATUS or not throttle.wait(response):
+            if response.status_code != THROTTLED_STATUS:
+                break
+            if self.on_throttled is not None:
+                self.on_throttled()
+            if not throttle.wait(response):
                 break
         raise_for_status(response, what)
         return response.content
@@ -210,8 +215,11 @@ class Transport:
                 _unreachable(what),
                 self._client.stream(method, path, content=content, headers=JSON_HEADERS) as response,
             ):
-                if response.status_code == THROTTLED_STATUS and throttle.wait(response):
-                    continue
+                if response.status_code == THROTTLED_STATUS:
+                    if self.on_throttled is not None:
+                        self.on_throttled()
+                    if throttle.wait(response):
+                        continue
                 raise_for_status(response, what)
                 yield _text(response, what)
                 return

@@ -8,7 +8,9 @@ here, and records always carry their embeddings.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from chroma_backup.chroma.compat import (
 )
 from chroma_backup.chroma.http import RequestTooLarge, Transport
 from chroma_backup.chroma.idstream import IdStreamParser, MalformedListing
+from chroma_backup.chroma.pacing import ReadPacer
 from chroma_backup.chroma.sizing import (
     MAX_IDS_PER_GET,
     READ_BATCH,
@@ -36,7 +39,7 @@ from chroma_backup.chroma.sizing import (
     request_bytes,
 )
 from chroma_backup.chroma.wire import MalformedAnswer, decode_get, write_body
-from chroma_backup.errors import ChromaFailure, CollectionNotFound, DatabaseNotFound, first_line
+from chroma_backup.errors import ChromaFailure, ChromaUnavailable, CollectionNotFound, DatabaseNotFound, first_line
 from chroma_backup.records import RecordBatch
 from chroma_backup.settings import Settings
 
@@ -82,6 +85,7 @@ class ChromaStore:
     max_batch: int
     base64: bool  # the server takes vectors base64-encoded (1.x)
     write_budget: int = WRITE_BUDGET_BYTES  # bytes per write request (halved on HTTP 413)
+    pacer: ReadPacer | None = None  # paces record reads (READ_RATE_LIMIT, READ_RATE_ADAPTIVE)
 
     @classmethod
     def connect(
@@ -94,6 +98,7 @@ class ChromaStore:
         timeout: float | None = None,
         database: str | None = None,
         create: bool = False,
+        pacer: ReadPacer | None = None,
     ) -> ChromaStore:
         """Reach the server, read its version and limits, and check the tenant and database:
         ``DatabaseNotFound`` when either does not exist, unless ``create`` (a restore onto an
@@ -114,6 +119,8 @@ class ChromaStore:
         except BaseException:
             transport.close()
             raise
+        if pacer is not None and pacer.active:
+            transport.on_throttled = pacer.refused
         return cls(
             transport,
             tenant,
@@ -122,6 +129,7 @@ class ChromaStore:
             version,
             int(checks.get("max_batch_size") or 0) or 1000,
             bool(checks.get("supports_base64_encoding")),
+            pacer=pacer if pacer is not None and pacer.active else None,
         )
 
     @classmethod
@@ -150,6 +158,10 @@ class ChromaStore:
 
     def close(self) -> None:
         self.transport.close()
+
+    def unpaced(self) -> ChromaStore:
+        """This store, its reads not paced (a restore's read-back: restoring fast is the point)."""
+        return dataclasses.replace(self, pacer=None)
 
     def _path(self, *parts: str) -> str:
         return Transport.path("tenants", self.tenant, "databases", self.database, "collections", *parts)
@@ -272,11 +284,42 @@ class ChromaStore:
         """The full records for ``ids`` (missing ids are skipped; order is the server's), decoded
         by ``wire`` (vectors straight to float32)."""
         what = f"reading records of {collection.name!r}"
-        body = self.transport.fetch("POST", self._path(collection.id, "get"), what, body=_get_body(ids, INCLUDE_ALL))
+        if self.pacer is None:
+            body = self.transport.fetch(
+                "POST", self._path(collection.id, "get"), what, body=_get_body(ids, INCLUDE_ALL)
+            )
+        else:
+            self.pacer.wait_for(len(ids))
+            started = time.monotonic()
+            try:
+                body = self.transport.fetch(
+                    "POST", self._path(collection.id, "get"), what, body=_get_body(ids, INCLUDE_ALL)
+                )
+            except ChromaUnavailable:  # 503, or 429 for longer than the transport waits
+                self.pacer.refused()
+                raise
+            self.pacer.observe(time.monotonic() - started, len(ids))
         try:
             return decode_get(body)
         except MalformedAnswer as error:
             raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
+
+    def fetch_first(self, collection: Collection, limit: int) -> RecordBatch:
+        """The first ``limit`` records of the collection in one request (its ids and content
+        together: a small collection read whole, as consistently as one request reads)."""
+        what = f"reading records of {collection.name!r}"
+        body_json = {**_get_body(None, INCLUDE_ALL), "limit": limit, "offset": 0}
+        if self.pacer is not None:
+            self.pacer.wait_for(limit)
+        started = time.monotonic()
+        body = self.transport.fetch("POST", self._path(collection.id, "get"), what, body=body_json)
+        try:
+            batch = decode_get(body)
+        except MalformedAnswer as error:
+            raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
+        if self.pacer is not None:
+            self.pacer.observe(time.monotonic() - started, max(1, len(batch)))
+        return batch
 
     def add(self, collection: Collection, batch: RecordBatch) -> None:
         """Write ``batch`` in requests of at most ``write_budget`` bytes (and the server's batch

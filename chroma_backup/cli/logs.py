@@ -20,8 +20,12 @@ def _short(name: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+    """``time LEVEL logger message``; with REPLICA_NAME set (several daemons), ``[name]`` after the
+    level."""
+
+    def __init__(self, replica: str | None = None) -> None:
+        named = f" [{replica}]".replace("%", "%%") if replica else ""
+        super().__init__(f"%(asctime)s %(levelname)s{named} %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         record.name = _short(record.name)
@@ -29,11 +33,16 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, replica: str) -> None:
+        super().__init__()
+        self.replica = replica
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": _short(record.name),
+            "replica": self.replica,
             "message": record.getMessage(),
         }
         if record.exc_info:
@@ -43,7 +52,9 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.setFormatter(
+        JsonFormatter(settings.replica) if settings.log_format == "json" else TextFormatter(settings.replica_name)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

@@ -13,19 +13,25 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chroma_backup.chroma import CollectionInfo
+from chroma_backup.chroma import CollectionInfo, records_within
 from chroma_backup.core.compare import COSINE_ULP_TOLERANCE, _rounded_only
 from chroma_backup.core.confirm import Tally, confirm_changes
-from chroma_backup.core.ports import ChromaPort, Chunk, DatabasePort, Row, SnapshotWriterPort
+from chroma_backup.core.ports import ChromaPort, Chunk, Collection, DatabasePort, Row, SnapshotWriterPort
 from chroma_backup.core.reading import RunOptions, read_batches
 from chroma_backup.errors import BackupError, first_line
 from chroma_backup.records import ContentDigest, RecordBatch, batch_rows, encode_metadata
-from chroma_backup.states import COMPLETE
+from chroma_backup.states import COMPLETE, SHRUNK
 
 log = logging.getLogger(__name__)
+
+# Up to this many records, and this many bytes of answer (an application's query waits behind a
+# large one), a collection is read whole in one request: its ids and content together.
+SMALL_COLLECTION = 1000
+SMALL_ANSWER_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,11 @@ class SnapshotLabel:
     detail: str | None = None
     accepted: bool = False
     origin: tuple[str, int] | None = None
+    # A label taken from a recent verdict rather than a check now: should the collection hold
+    # fewer than ``min_records`` when it is listed, the snapshot is labelled ``shrunk`` instead
+    # (``baseline`` says against what), so a large deletion never becomes an ``ok`` baseline.
+    min_records: int = 0
+    baseline: str = ""
 
 
 @dataclass
@@ -70,6 +81,7 @@ class _Copy:
     content: ContentDigest = field(default_factory=ContentDigest)
     tally: Tally = field(default_factory=Tally)
     dimension: int | None = None
+    relabel: str | None = None  # the snapshot is ``shrunk`` after all: why (``SnapshotLabel.min_records``)
 
 
 def export_collection_to_postgres(
@@ -79,8 +91,11 @@ def export_collection_to_postgres(
     *,
     label: SnapshotLabel = SnapshotLabel(),
     run: RunOptions = RunOptions(),
+    upkeep: bool = True,
 ) -> BackupResult:
-    """Back up one collection as a new snapshot labelled ``label``.
+    """Back up one collection as a new snapshot labelled ``label``; with ``upkeep`` the record
+    table is vacuumed or analyzed after it as its changes need (a round does that once, after
+    all its collections: ``record_table_upkeep``).
 
     Raises ``CollectionNotFound`` (no snapshot row is made), ``CollectionBusy``, ``Interrupted`` or
     a store error; any failure after the snapshot row exists marks that row ``failed`` and leaves
@@ -102,13 +117,21 @@ def export_collection_to_postgres(
         # snapshot's transaction (and sees the previous snapshot as it was).
         lookup_db = db.sibling() if info.space == "cosine" else None
         try:
-            size = chroma.read_batch_size(run.batch_size, info.dimension)
+            size = chroma.read_batch_size(run.read_size, info.dimension)
             with db.records.snapshot_writer(ref, snapshot_id) as writer:
                 # The per-record bookkeeping (which ids were listed, their stored digests, what
                 # was deleted) stays in PostgreSQL: memory does not grow with the collection.
-                writer.listing.load(chroma.iter_ids(collection))
+                whole = _read_whole_if_small(chroma, collection, info.dimension)
+                if whole is not None:  # one request gave the ids and the content together
+                    listed = writer.listing.load([whole.ids])
+                    pages = _from_memory(whole, writer.listing.chunks(size))
+                else:
+                    listed = writer.listing.load(chroma.iter_ids(collection))
+                    pages = read_batches(chroma, collection, writer.listing.chunks(size), run.read_workers)
+                if listed < label.min_records:
+                    copy.relabel = f"{listed} records, below {label.min_records} ({label.baseline})"
                 step = "copying records"
-                for chunk, batch in read_batches(chroma, collection, writer.listing.chunks(size), run.read_workers):
+                for chunk, batch in pages:
                     run.check_stop("backup")
                     _copy_batch(chunk, batch, writer, copy, lookup_db, ref)
                     run.advance(len(batch))
@@ -132,7 +155,8 @@ def export_collection_to_postgres(
         finally:
             if lookup_db is not None:
                 lookup_db.close()
-        _upkeep(db, name, snapshot_id, copy.tally)
+        if upkeep:
+            record_table_upkeep(db, [copy.tally])
     tally = copy.tally
     return BackupResult(
         collection=name,
@@ -146,8 +170,25 @@ def export_collection_to_postgres(
         digest=copy.content.hexdigest(),
         bytes_written=writer.bytes_written,
         seconds=time.monotonic() - started,
-        health=label.health,
+        health=SHRUNK if copy.relabel else label.health,
     )
+
+
+def _read_whole_if_small(chroma: ChromaPort, collection: Collection, dimension: int | None) -> RecordBatch | None:
+    """The whole collection from one request when it has at most SMALL_COLLECTION records within
+    SMALL_ANSWER_BYTES of answer: a small collection costs one request instead of a listing and a
+    page per READ_PAGE_SIZE records.  None for a larger one (it is listed first and read by id, as
+    always)."""
+    limit = min(SMALL_COLLECTION, records_within(SMALL_ANSWER_BYTES, dimension), chroma.batch_size())
+    batch = chroma.fetch_first(collection, limit + 1)
+    return batch if len(batch) <= limit else None
+
+
+def _from_memory(whole: RecordBatch, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, RecordBatch]]:
+    """``read_batches`` over a collection already read whole: each chunk with its records."""
+    index = {record_id: i for i, record_id in enumerate(whole.ids)}
+    for chunk in chunks:
+        yield chunk, whole.take([index[record_id] for record_id, _ in chunk if record_id in index])
 
 
 def _copy_batch(
@@ -200,6 +241,8 @@ def _complete(writer: SnapshotWriterPort, copy: _Copy, info: CollectionInfo) -> 
         configuration_json=info.configuration_json,
         schema_json=info.schema_json,
         server_version=info.server_version,
+        health=SHRUNK if copy.relabel else None,
+        health_detail=copy.relabel,
     )
 
 
@@ -225,15 +268,16 @@ def _committed(db: DatabasePort, snapshot_id: int) -> bool:
     return snapshot is not None and snapshot.status == COMPLETE
 
 
-def _upkeep(db: DatabasePort, name: str, snapshot_id: int, tally: Tally) -> None:
-    """The record table's upkeep after the commit; a failure here does not undo a complete
-    snapshot."""
+def record_table_upkeep(db: DatabasePort, tallies: list[Tally]) -> None:
+    """The record table's upkeep after backups committed (a failure here undoes nothing):
+    VACUUM (ANALYZE) once when any of them closed versions (updates, deletes), else ANALYZE when
+    what they added is worth it."""
     try:
-        if tally.updated or tally.deleted:
+        if any(tally.updated or tally.deleted for tally in tallies):
             db.records.vacuum_records()
-        elif tally.added:
-            db.records.analyze_records(tally.added)
+        else:
+            added = sum(tally.added for tally in tallies)
+            if added:
+                db.records.analyze_records(added)
     except BackupError as error:
-        log.warning(
-            "backup collection=%s snapshot=%d complete; the record table's upkeep failed: %s", name, snapshot_id, error
-        )
+        log.warning("backup: the record table's upkeep after the commit failed: %s", error)

@@ -128,7 +128,7 @@ def compare_collection(
     """
     result = Comparison(live=listing.load(chroma.iter_ids(collection)), expected=listing.stored_count())
     content = ContentDigest()
-    size = chroma.read_batch_size(run.batch_size, dimension)
+    size = chroma.read_batch_size(run.read_size, dimension)
     loader = load_stored if space == "cosine" else None
     for chunk, batch in read_batches(chroma, collection, _known(listing.chunks(size), result), run.read_workers):
         run.check_stop("verify")

@@ -143,7 +143,7 @@ def deep_scan(
             probe, missed = recall(chroma, collection, batch, space, findings.records)
             return _Page(batch, unreadable, missed, probe.skipped)
 
-        size = min(DEEP_PAGE, chroma.read_batch_size(run.batch_size, snapshot.dimension))
+        size = min(DEEP_PAGE, chroma.read_batch_size(run.read_size, snapshot.dimension))
         for chunk, page in ordered_map(work, listing.chunks(size), run.read_workers):
             run.check_stop("deep check")
             seen = set(page.batch.ids) | set(page.unreadable)

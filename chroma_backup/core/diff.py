@@ -137,7 +137,7 @@ def _diff_live(
     run: RunOptions,
 ) -> None:
     collection = chroma.open(name)
-    size = chroma.read_batch_size(run.batch_size, info.dimension)
+    size = chroma.read_batch_size(run.read_size, info.dimension)
     ulps = COSINE_ULP_TOLERANCE if info.space == "cosine" else 0
     lookup = db.sibling()  # the stored versions of changed records: this connection holds the listing
     try:

@@ -25,13 +25,20 @@ def _no_progress(_: int) -> None:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run reads and writes: records per request (0: automatic), concurrent readers, a
-    progress callback (records done) and the shutdown event that interrupts it between batches."""
+    """How a run reads and writes: records per request (0: automatic; reads may be smaller,
+    ``read_page``), concurrent readers, a progress callback (records done) and the shutdown event
+    that interrupts it between batches."""
 
     batch_size: int = 0
     read_workers: int = 1
     progress: Progress | None = None
     stop: threading.Event | None = None
+    read_page: int = 0  # records per read request (0: as ``batch_size`` says)
+
+    @property
+    def read_size(self) -> int:
+        """Records per read request wanted (0: the store's default)."""
+        return self.read_page or self.batch_size
 
     def advance(self, records: int) -> None:
         (self.progress or _no_progress)(records)

@@ -30,10 +30,11 @@ from chroma_backup.core.reading import RunOptions
 from chroma_backup.core.restore import RestoreRequest, RestoreResult, restore_snapshot
 from chroma_backup.core.snapshots import resolve_snapshot
 from chroma_backup.core.verify import VerifyResult, verify_collection
-from chroma_backup.errors import BackupError, SnapshotNotFound
+from chroma_backup.errors import BackupError, CollectionBusy, SnapshotNotFound
 from chroma_backup.states import (
     ALREADY_RESTORED,
     BLOCKED,
+    ELSEWHERE,
     MISSING,
     NO_SNAPSHOT,
     RECOVERED_ITSELF,
@@ -279,6 +280,9 @@ def check_and_recover(
         return confirmed, Recovery(confirmed.collection, RECOVERED_ITSELF, f"re-check said {confirmed.status}")
     try:
         return confirmed, recover(confirmed)
+    except CollectionBusy as error:  # another replica took it first: one restore, not two
+        log.info("recovery collection=%s action=elsewhere detail=%s", confirmed.collection, error)
+        return confirmed, Recovery(confirmed.collection, ELSEWHERE, f"another process is restoring it ({error})")
     except BackupError as error:
         log.error("recovery collection=%s action=failed error=%s", confirmed.collection, error)
         return confirmed, Recovery(confirmed.collection, RECOVERY_FAILED, str(error))

@@ -241,7 +241,7 @@ def _fill_and_verify(
     # busy streaming the snapshot.
     lookup_db = db.sibling() if info.space == "cosine" else None
     verifier = _ReadBackVerifier(
-        chroma,
+        chroma.unpaced(),
         collection,
         _stored_loader(lookup_db, snapshot) if lookup_db else None,
         run.read_workers,

@@ -32,10 +32,11 @@ from chroma_backup.core.ports import ChromaPort, DatabasePort
 from chroma_backup.core.reading import RunOptions
 from chroma_backup.core.restore import RestoreRequest, RestoreResult, restore_snapshot
 from chroma_backup.core.snapshots import snapshot_info
-from chroma_backup.errors import BackupError, Interrupted, unexpected
+from chroma_backup.errors import BackupError, CollectionBusy, Interrupted, unexpected
 from chroma_backup.states import (
     ALREADY_RESTORED,
     CONFLICT,
+    ELSEWHERE,
     FAILED,
     LEFT_OUT,
     MISSING,
@@ -51,7 +52,7 @@ from chroma_backup.states import (
 log = logging.getLogger(__name__)
 
 TO_RESTORE = (RESTORE, OVERWRITE)  # actions that write
-FINE = (RESTORED, ALREADY_RESTORED, SKIP_EXISTING, LEFT_OUT)  # outcomes that leave nothing to do
+FINE = (RESTORED, ALREADY_RESTORED, SKIP_EXISTING, LEFT_OUT, ELSEWHERE)  # outcomes that leave nothing to do
 
 
 class TargetServer(Protocol):
@@ -304,6 +305,8 @@ def restore_planned(
     except Interrupted:
         item.outcome, item.error = FAILED, "interrupted"
         raise
+    except CollectionBusy as error:  # another process (a replica's recovery) is restoring it
+        item.outcome, item.error = ELSEWHERE, str(error)
     except BackupError as error:
         item.outcome, item.error = FAILED, str(error)
     except Exception as error:  # the collection's boundary: the other collections go on

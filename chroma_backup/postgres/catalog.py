@@ -19,7 +19,7 @@ _SNAPSHOT_COLUMNS = """s.snapshot_id, s.collection_ref, c.name, c.tenant, c.data
     s.started_at, s.finished_at, s.record_count, s.added, s.updated, s.deleted, s.dimension,
     encode(s.content_digest, 'hex'), s.chroma_collection_id, s.collection_metadata::text,
     s.configuration_json, s.schema_json, s.server_version, s.health, s.forced, s.error,
-    s.health_detail, s.accepted, s.origin_collection, s.origin_snapshot_id"""
+    s.health_detail, s.accepted, s.origin_collection, s.origin_snapshot_id, s.replica"""
 
 
 # SQL twin of Snapshot.healthy (alias s): the snapshots auto-recovery and the shrink baseline use.
@@ -104,8 +104,8 @@ class Catalog(Part):
             cur.execute(
                 self.tables.fmt(
                     "INSERT INTO {snap} (collection_ref, status, health, health_detail, accepted, "
-                    "origin_collection, origin_snapshot_id, backend_pid, host) "
-                    "VALUES (%s, 'running', %s, %s, %s, %s, %s, pg_backend_pid(), %s) RETURNING snapshot_id"
+                    "origin_collection, origin_snapshot_id, backend_pid, host, replica) "
+                    "VALUES (%s, 'running', %s, %s, %s, %s, %s, pg_backend_pid(), %s, %s) RETURNING snapshot_id"
                 ),
                 (
                     collection_ref,
@@ -115,6 +115,7 @@ class Catalog(Part):
                     origin_collection,
                     origin_snapshot,
                     socket.gethostname(),
+                    self.session.settings.replica,
                 ),
             )
             return int(cur.fetchone()[0])

@@ -21,6 +21,7 @@ from chroma_backup.postgres.session import Session, _copy_text
 LISTED = sql.Identifier("chroma_backup_listed")
 GONE = sql.Identifier("chroma_backup_gone")
 FETCH_ROWS = 10_000  # rows per FETCH from the listing cursor (~1 MB of ids and digests)
+ANALYZE_FROM = 10_000  # listed ids from which the temporary table's statistics are worth taking
 _cursor_names = itertools.count(1)
 
 Chunk = list[tuple[str, "bytes | None"]]  # (record id, stored digest or None), in listing order
@@ -91,7 +92,8 @@ class IdListing:
                 raise
         if lines.failure is not None:
             raise lines.failure  # the listing is incomplete: the caller's transaction rolls back
-        cur.execute(sql.SQL("ANALYZE {}").format(LISTED))
+        if lines.count >= ANALYZE_FROM:  # a small listing joins fast without statistics
+            cur.execute(sql.SQL("ANALYZE {}").format(LISTED))
         self.count = lines.count
         return self.count
 

@@ -277,15 +277,19 @@ class SnapshotWriter:
         configuration_json: dict[str, Any] | None,
         schema_json: dict[str, Any] | None,
         server_version: str,
+        health: str | None = None,
+        health_detail: str | None = None,
     ) -> None:
-        """Flip the snapshot to complete; committed with the record changes when the block exits."""
+        """Flip the snapshot to complete; committed with the record changes when the block exits.
+        ``health`` (and its detail), when given, replaces the label the snapshot began with."""
         self._cur.execute(
             self._db.tables.fmt(
                 "UPDATE {snap} SET status = 'complete', finished_at = clock_timestamp(), record_count = %s, "
                 "added = %s, updated = %s, deleted = %s, dimension = %s, content_digest = %s, "
                 "chroma_collection_id = %s, collection_metadata = %s::jsonb, configuration_json = %s, "
                 "schema_json = %s, "
-                "server_version = %s WHERE snapshot_id = %s AND status = 'running'"
+                "server_version = %s, health = coalesce(%s, health), health_detail = coalesce(%s, health_detail) "
+                "WHERE snapshot_id = %s AND status = 'running'"
             ),
             (
                 records,
@@ -299,6 +303,8 @@ class SnapshotWriter:
                 _jsonb(configuration_json),
                 _jsonb(schema_json),
                 server_version,
+                health,
+                health_detail,
                 self.snapshot_id,
             ),
         )

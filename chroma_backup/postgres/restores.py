@@ -29,8 +29,9 @@ class RestoreLog(Part):
             cur.execute(
                 self.tables.fmt(
                     "INSERT INTO {rest} (collection_ref, snapshot_id, source_snapshot_id, target, target_server, "
-                    "target_database, status, trigger, reason, temporary_name, backend_pid, kind) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, pg_backend_pid(), %s) RETURNING restore_id"
+                    "target_database, status, trigger, reason, temporary_name, backend_pid, kind, replica) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, 'running', %s, %s, %s, pg_backend_pid(), %s, %s) "
+                    "RETURNING restore_id"
                 ),
                 (
                     snapshot.collection_ref,
@@ -43,6 +44,7 @@ class RestoreLog(Part):
                     reason,
                     temporary_name,
                     kind,
+                    self.session.settings.replica,
                 ),
             )
             return int(cur.fetchone()[0])
@@ -156,7 +158,7 @@ class RestoreLog(Part):
                 self.tables.fmt(
                     "SELECT r.restore_id, c.name AS collection, r.source_snapshot_id, r.target, r.target_server, "
                     "r.target_database, r.status, r.started_at, r.finished_at, r.records, r.verified, r.trigger, "
-                    "r.reason, r.error, r.differences, r.kind, r.counts "
+                    "r.reason, r.error, r.differences, r.kind, r.counts, r.replica "
                     "FROM {rest} r JOIN {coll} c USING (collection_ref) WHERE c.tenant = %s AND c.database = %s "
                     "ORDER BY r.restore_id DESC LIMIT %s"
                 ),

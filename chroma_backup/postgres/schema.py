@@ -128,6 +128,8 @@ def _migrations(tb: Tables) -> list[sql.Composed]:
             ALTER TABLE {health} ADD COLUMN findings jsonb;
             """
         ),
+        # 6: several daemons on one catalog: which one took a snapshot or ran a restore.
+        tb.fmt("ALTER TABLE {snap} ADD COLUMN replica text; ALTER TABLE {rest} ADD COLUMN replica text"),
     ]
 
 

@@ -31,7 +31,7 @@ from chroma_backup.app.runtime import Backend
 from chroma_backup.service.dependencies import Dependencies
 from chroma_backup.service.metrics import Metrics
 from chroma_backup.service.worker import RETRY, Worker
-from chroma_backup.states import COMPLETE, FAILED, RECOVERED_INTO, RESTORED
+from chroma_backup.states import COMPLETE, FAILED, RECOVERED_INTO, RESTORED, SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ class Daemon:
             self._seeded = True
         transient = False
         started = time.monotonic()
-        results = ops.backup_round()
+        # Several daemons on one catalog back each collection up once per interval between them: a
+        # collection another replica backed up within most of an interval is skipped.
+        results = ops.backup_round(fresh_seconds=0.9 * self.settings.export_interval_minutes * 60)
         for result in results:
             if result.status == FAILED:
                 self.metrics.failure(result.collection, "backup")
@@ -96,8 +98,13 @@ class Daemon:
         if not self.stop.is_set():
             ops.prune()
         failed = sum(1 for r in results if r.status == FAILED)
+        skipped = sum(1 for r in results if r.status == SKIPPED)
         log.info(
-            "job=backup done collections=%d failed=%d seconds=%.1f", len(results), failed, time.monotonic() - started
+            "job=backup done collections=%d failed=%d skipped=%d seconds=%.1f",
+            len(results),
+            failed,
+            skipped,
+            time.monotonic() - started,
         )
         return RETRY if transient else None
 
@@ -168,8 +175,9 @@ class Daemon:
                 self.deep_worker.trigger
             )
         log.info(
-            "daemon started collections=%s databases=%s export_every=%gmin health_every=%gmin deep_every=%s "
-            "auto_restore=%s auto_repair=%s http=%s",
+            "daemon started replica=%s collections=%s databases=%s export_every=%gmin health_every=%gmin "
+            "deep_every=%s auto_restore=%s auto_repair=%s http=%s",
+            s.replica,
             ",".join(s.collections),
             ",".join(s.chroma_databases),
             s.export_interval_minutes,

@@ -11,9 +11,12 @@ from chroma_backup.states import HEALTH_STATUSES
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, replica: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        Gauge("chroma_backup_replica_info", "1, labelled with this daemon's name", ["replica"], registry=r).labels(
+            replica
+        ).set(1)
         self.last_success = Gauge(
             "chroma_backup_last_success_timestamp_seconds",
             "Unix time of the last complete backup",

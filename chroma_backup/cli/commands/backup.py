@@ -8,7 +8,7 @@ import sys
 
 from chroma_backup.app.operations import Operations
 from chroma_backup.cli.output import Progress, emit_json
-from chroma_backup.states import COMPLETE, OK
+from chroma_backup.states import COMPLETE, OK, SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -50,4 +50,5 @@ def run(args: argparse.Namespace, ops: Operations) -> int:
                 print(f"{r.collection}: {r.status}: {r.error}")
     if not results:
         print("no collections to back up", file=sys.stderr)
-    return 0 if results and all(r.status == COMPLETE for r in results) else 1
+    # A collection another process was backing up (or restoring) is its work: skipped, not failed.
+    return 0 if results and all(r.status in (COMPLETE, SKIPPED) for r in results) else 1

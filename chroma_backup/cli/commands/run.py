@@ -26,4 +26,4 @@ def run(args: argparse.Namespace, ops: Operations) -> int:
 
     stop = threading.Event()
     install_signal_handlers(stop)
-    return Daemon(ops.backend, Metrics(), stop).run()
+    return Daemon(ops.backend, Metrics(ops.settings.replica), stop).run()
