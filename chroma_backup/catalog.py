@@ -39,6 +39,8 @@ class Snapshot:
     origin_collection: str | None = None
     origin_snapshot_id: int | None = None
     replica: str | None = None  # the process that took it (REPLICA_NAME or its host)
+    pinned: bool = False  # an operator pinned it: retention never prunes it
+    note: str | None = None  # an operator's label ("before the re-index")
 
     @property
     def healthy(self) -> bool:
@@ -73,6 +75,8 @@ class Snapshot:
             ),
             "error": self.error,
             "replica": self.replica,
+            "pinned": self.pinned,
+            "note": self.note,
         }
 
 
@@ -85,3 +89,4 @@ class SnapshotAge:
     started_at: datetime
     finished_at: datetime | None
     healthy: bool  # taken while ``ok`` (or accepted): auto-recovery's kind
+    pinned: bool = False  # an operator pinned it: never pruned

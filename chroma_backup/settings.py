@@ -15,9 +15,11 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from chroma_backup.cron import Cron, CronError
 from chroma_backup.errors import ConfigError
 
 # Chroma's own rule for collection names (1.x): 3-512 characters from [a-zA-Z0-9._-], starting and
@@ -158,6 +160,33 @@ def _new_collection_name(name: str, value: str | None, env: Env) -> str:
     if "{" in probe or "}" in probe or not COLLECTION_NAME_RE.match(probe):
         raise ConfigError(f"{name}: expected a collection name, optionally containing {{name}}, got {template!r}")
     return template
+
+
+def _cron(name: str, value: str | None, env: Env) -> str | None:
+    if value is None:
+        return None
+    try:
+        Cron.parse(value).next_after(datetime.now(timezone.utc))
+    except CronError as error:
+        raise ConfigError(
+            f"{name}: expected a cron expression (minute hour day month weekday), got {value!r}: {error}"
+        ) from None
+    return value
+
+
+def _urls(name: str, value: str | None, env: Env) -> tuple[str, ...]:
+    """A comma-separated list of webhook URLs (never echoed: they carry tokens)."""
+    if value is None:
+        return ()
+    urls = tuple(part.strip() for part in value.split(",") if part.strip())
+    for position, url in enumerate(urls, 1):
+        plain = url.removeprefix("slack+")
+        parts = urlsplit(plain)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"{name}: entry {position} is not an http(s):// or slack+https:// URL (not shown: it may hold a token)"
+            )
+    return urls
 
 
 def redact_url(url: str) -> str:
@@ -346,7 +375,8 @@ class Settings:
     retention_days: float = setting(
         "RETENTION_DAYS",
         30.0,
-        "prune deletes complete snapshots and failed runs older than this many days",
+        "prune keeps every snapshot younger than this many days (0: the KEEP rules alone decide) and deletes "
+        "failed runs older",
         number(30.0, 0),
         shown="30",
     )
@@ -355,6 +385,27 @@ class Settings:
         7,
         "prune always keeps at least this many complete snapshots per collection",
         integer(7, 1),
+    )
+    retention_keep_last: int = setting(
+        "RETENTION_KEEP_LAST", 0, "prune also keeps the newest N complete snapshots per collection", integer(0, 0)
+    )
+    retention_keep_hourly: int = setting(
+        "RETENTION_KEEP_HOURLY",
+        0,
+        "prune also keeps the newest snapshot of each of the newest N hours that have one (UTC)",
+        integer(0, 0),
+    )
+    retention_keep_daily: int = setting(
+        "RETENTION_KEEP_DAILY", 0, "as RETENTION_KEEP_HOURLY, per day (UTC)", integer(0, 0)
+    )
+    retention_keep_weekly: int = setting(
+        "RETENTION_KEEP_WEEKLY", 0, "as RETENTION_KEEP_HOURLY, per ISO week", integer(0, 0)
+    )
+    retention_keep_monthly: int = setting(
+        "RETENTION_KEEP_MONTHLY", 0, "as RETENTION_KEEP_HOURLY, per month", integer(0, 0)
+    )
+    retention_keep_yearly: int = setting(
+        "RETENTION_KEEP_YEARLY", 0, "as RETENTION_KEEP_HOURLY, per year", integer(0, 0)
     )
     data_dir: str = setting(
         "DATA_DIR", "./data", "local state: the embedded PostgreSQL lives in DATA_DIR/postgres", text("./data")
@@ -378,6 +429,33 @@ class Settings:
         "daemon: minutes between health checks (fractions allowed)",
         number(20.0, 0, strict_low=True),
         shown="20",
+    )
+    export_schedule: str | None = setting(
+        "EXPORT_SCHEDULE",
+        None,
+        "daemon: when to back up, as a cron expression in UTC (e.g. 5 * * * *); empty = every EXPORT_INTERVAL_MINUTES",
+        _cron,
+    )
+    health_schedule: str | None = setting(
+        "HEALTH_SCHEDULE",
+        None,
+        "daemon: when to check health, as a cron expression in UTC (e.g. */20 * * * *); empty = every "
+        "HEALTH_CHECK_INTERVAL_MINUTES",
+        _cron,
+    )
+    deep_check_schedule: str | None = setting(
+        "DEEP_CHECK_SCHEDULE",
+        None,
+        "daemon: when to deep-check, as a cron expression in UTC (e.g. 30 3 * * *); empty = every "
+        "DEEP_CHECK_INTERVAL_HOURS",
+        _cron,
+    )
+    schedule_jitter_seconds: float = setting(
+        "SCHEDULE_JITTER_SECONDS",
+        0.0,
+        "daemon: each scheduled run starts up to this many seconds late, at random (several daemons)",
+        number(0.0, 0),
+        shown="0",
     )
     health_min_record_ratio: float = setting(
         "HEALTH_MIN_RECORD_RATIO",
@@ -443,6 +521,35 @@ class Settings:
         2,
         "collections a whole-server restore (restore --all, wiped-server recovery) restores at once",
         integer(2, 1, 32),
+    )
+    notify_urls: tuple[str, ...] = setting(
+        "NOTIFY_URLS",
+        (),
+        "daemon: webhook URLs (comma-separated) told of failed, stale and restored backups, unhealthy "
+        "collections and pruning; slack+https://... sends Slack's body (never logged)",
+        _urls,
+        shown="",
+        secret=True,
+    )
+    notify_secret: str | None = setting(
+        "NOTIFY_SECRET",
+        None,
+        "signs every notification: X-Chroma-Backup-Signature: sha256=HMAC of the body (never logged)",
+        text(None),
+        secret=True,
+    )
+    on_event_command: str | None = setting(
+        "ON_EVENT_COMMAND",
+        None,
+        "daemon: a command (no shell) run with each notification's JSON on its standard input",
+        text(None),
+    )
+    on_event_timeout_seconds: float = setting(
+        "ON_EVENT_TIMEOUT_SECONDS",
+        10.0,
+        "how long ON_EVENT_COMMAND may run",
+        number(10.0, 0, strict_low=True),
+        shown="10",
     )
     retry_max_attempts: int = setting(
         "RETRY_MAX_ATTEMPTS", 5, "attempts for an operation failing with a transient error", integer(5, 1)

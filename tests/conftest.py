@@ -135,6 +135,11 @@ def env(database_url, chroma_server, tmp_path):
         "RETRY_MAX_ATTEMPTS": "2",
         "RETRY_MAX_SECONDS": "5",
         "HTTP_PORT": "0",  # tests that use the HTTP server give it a free port of their own
+        # Reads as fast as the server allows (the production defaults pace reads for the
+        # application's sake: the smoke run and tests/e2e/test_fleet.py run with them).
+        "READ_WORKERS": "3",
+        "READ_PAGE_SIZE": "250",
+        "READ_RATE_ADAPTIVE": "false",
     }
 
 

@@ -26,11 +26,11 @@ from chroma_backup.chroma import ChromaStore
 from chroma_backup.core.backup import BackupResult, SnapshotLabel, export_collection_to_postgres
 from chroma_backup.core.diff import LIVE, DiffResult, OnChange
 from chroma_backup.core.health import HealthVerdict
-from chroma_backup.core.reading import Progress
+from chroma_backup.core.reading import EventSink, Progress
 from chroma_backup.core.records_restore import RecordSelection, RecordsRestoreResult
 from chroma_backup.core.repair import RepairResult
 from chroma_backup.core.restore import RestoreRequest, RestoreResult, restore_snapshot
-from chroma_backup.core.retention import PruneResult, prune_snapshots
+from chroma_backup.core.retention import PruneResult, RetentionPolicy, prune_snapshots
 from chroma_backup.core.server_restore import PlannedRestore, ServerRestoreOptions, expand_name
 from chroma_backup.core.snapshots import resolve_snapshot
 from chroma_backup.core.verify import VerifyResult, verify_collection
@@ -64,11 +64,20 @@ class Operations:
         stop: threading.Event | None = None,
         retry_jobs: bool = False,
         chroma_timeout: float | None = None,
+        events: EventSink | None = None,
+        stop_message: str = "interrupted by shutdown",
     ):
         self.backend = backend
         self.settings = backend.settings
         self.stop = stop
-        self.stores = Stores(backend, stop=stop, retry_jobs=retry_jobs, chroma_timeout=chroma_timeout)
+        self.stores = Stores(
+            backend,
+            stop=stop,
+            retry_jobs=retry_jobs,
+            chroma_timeout=chroma_timeout,
+            events=events,
+            stop_message=stop_message,
+        )
         self.names = Names(self.stores)
         self.rounds = Rounds(self.stores, self.names)
         self.surgery = Surgery(self.stores, self.names, self.rounds)
@@ -93,9 +102,32 @@ class Operations:
     # -- rounds ---------------------------------------------------------------------------------
 
     def backup_round(
-        self, requested: list[str] | None = None, progress: ProgressFactory | None = None, *, fresh_seconds: float = 0.0
+        self,
+        requested: list[str] | None = None,
+        progress: ProgressFactory | None = None,
+        *,
+        fresh_seconds: float = 0.0,
+        note: str | None = None,
     ) -> list[BackupResult]:
-        return self.rounds.backup_round(requested, progress, fresh_seconds=fresh_seconds)
+        return self.rounds.backup_round(requested, progress, fresh_seconds=fresh_seconds, note=note)
+
+    def pin(self, name: str | None, snapshot_id: int, *, pinned: bool = True, note: str | None = None) -> Snapshot:
+        """Pin (or unpin) a complete snapshot of the collection, optionally with a note."""
+        where = self.names.single_collection(name)
+        snapshot = resolve_snapshot(
+            self.db, self.settings.chroma_tenant, where.database, where.name, snapshot_id=snapshot_id
+        )
+        self.db.catalog.pin(snapshot.snapshot_id, pinned, note)
+        updated = self.db.catalog.get_snapshot(snapshot.snapshot_id)
+        assert updated is not None
+        log.info(
+            "%s collection=%s snapshot=%d note=%s",
+            "pin" if pinned else "unpin",
+            self.label(where),
+            snapshot.snapshot_id,
+            updated.note,
+        )
+        return updated
 
     def health_round(self, requested: list[str] | None = None, *, restore: bool = False) -> list[HealthReport]:
         return self.rounds.health_round(requested, restore=restore)
@@ -343,12 +375,7 @@ class Operations:
         results = []
         for database in self.names.backed_up_databases():
             for r in prune_snapshots(
-                self.db,
-                tenant=s.chroma_tenant,
-                database=database,
-                retention_days=s.retention_days,
-                min_snapshots=s.retention_min_snapshots,
-                dry_run=dry_run,
+                self.db, tenant=s.chroma_tenant, database=database, policy=self.retention_policy(), dry_run=dry_run
             ):
                 r.collection = self.label(Where(database, r.collection))
                 if r.snapshots_deleted or r.failed_runs_deleted or r.versions_deleted or dry_run:
@@ -362,6 +389,19 @@ class Operations:
                     )
                 results.append(r)
         return results
+
+    def retention_policy(self) -> RetentionPolicy:
+        s = self.settings
+        return RetentionPolicy(
+            days=s.retention_days,
+            min_snapshots=s.retention_min_snapshots,
+            keep_last=s.retention_keep_last,
+            hourly=s.retention_keep_hourly,
+            daily=s.retention_keep_daily,
+            weekly=s.retention_keep_weekly,
+            monthly=s.retention_keep_monthly,
+            yearly=s.retention_keep_yearly,
+        )
 
     def health_history(self, name: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Status transitions and restores, newest first."""

@@ -41,7 +41,7 @@ def overview(ops: Operations, schedule: dict[str, str | None]) -> list[dict[str,
                 "last_snapshot": {
                     key: value
                     for key, value in snap.as_json().items()
-                    if key in ("snapshot_id", "finished_at", "records", "health", "digest")
+                    if key in ("snapshot_id", "finished_at", "records", "health", "digest", "pinned", "note")
                 }
                 if snap
                 else None,
@@ -53,6 +53,7 @@ def overview(ops: Operations, schedule: dict[str, str | None]) -> list[dict[str,
                 else None,
                 "next_backup": schedule.get("backup"),
                 "next_check": schedule.get("health"),
+                "next_deep_check": schedule.get("deep"),
             }
         )
     return rows

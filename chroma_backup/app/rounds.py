@@ -144,6 +144,8 @@ class Rounds:
             progress=progress,
             stop=self.stores.stop,
             read_page=s.read_page_size,
+            events=self.stores.events,
+            stop_message=self.stores.stop_message,
         )
 
     def _stopping(self) -> bool:
@@ -157,6 +159,7 @@ class Rounds:
         progress: ProgressFactory | None = None,
         *,
         fresh_seconds: float = 0.0,
+        note: str | None = None,
     ) -> list[BackupResult]:
         """Back up every selected collection that can be read, each labelled with its verdict,
         BACKUP_CONCURRENCY at a time.  A collection another process is backing up or restoring
@@ -167,7 +170,7 @@ class Rounds:
         )
         results = self.each(
             chosen,
-            lambda rounds, where: rounds._isolated_backup(where, progress, fresh_seconds),
+            lambda rounds, where: rounds._isolated_backup(where, progress, fresh_seconds, note),
             self.settings.backup_concurrency,
         )
         # The record table's upkeep once for the whole round, not once per collection (a VACUUM
@@ -202,6 +205,8 @@ class Rounds:
                 stop=stop,
                 retry_jobs=self.stores.retry_jobs,
                 chroma_timeout=self.stores.chroma_timeout,
+                events=self.stores.events,
+                stop_message=self.stores.stop_message,
             )
             rounds = Rounds(stores, Names(stores))
             try:
@@ -234,12 +239,14 @@ class Rounds:
         return [done[index] for index in sorted(done)]
 
     def _isolated_backup(
-        self, where: Where, progress: ProgressFactory | None, fresh_seconds: float = 0.0
+        self, where: Where, progress: ProgressFactory | None, fresh_seconds: float = 0.0, note: str | None = None
     ) -> BackupResult:
         label = self.names.label(where)
         bar = progress(label) if progress else None
         try:
-            result = self.stores.maybe_retry(lambda: self.backup_one(where, bar, fresh_seconds), f"backup {label}")
+            result = self.stores.maybe_retry(
+                lambda: self.backup_one(where, bar, fresh_seconds, note), f"backup {label}"
+            )
         except CollectionBusy as error:  # another process holds it: its work, not a failure
             result = BackupResult(collection=label, status=SKIPPED, error=str(error))
         except Interrupted as error:
@@ -257,7 +264,9 @@ class Rounds:
         log_backup(result)
         return result
 
-    def backup_one(self, where: Where, progress: Progress | None = None, fresh_seconds: float = 0.0) -> BackupResult:
+    def backup_one(
+        self, where: Where, progress: Progress | None = None, fresh_seconds: float = 0.0, note: str | None = None
+    ) -> BackupResult:
         """Check a collection and back it up under that verdict (a missing or unreachable
         collection cannot be read: that raises), under its lock; with ``fresh_seconds``, skip it
         when its newest snapshot is younger than that."""
@@ -266,7 +275,7 @@ class Rounds:
             fresh = self._fresh(where, fresh_seconds)
             if fresh is not None:
                 return fresh
-            return self._backup_locked(where, progress)
+            return self._backup_locked(where, progress, note)
 
     def _fresh(self, where: Where, fresh_seconds: float) -> BackupResult | None:
         """A ``skipped`` result when the collection's newest snapshot is younger than
@@ -290,7 +299,7 @@ class Rounds:
             error=f"snapshot {latest.snapshot_id} was taken {age:.0f}s ago{by}",
         )
 
-    def _backup_locked(self, where: Where, progress: Progress | None) -> BackupResult:
+    def _backup_locked(self, where: Where, progress: Progress | None, note: str | None = None) -> BackupResult:
         chroma, db = self.stores.chroma_for(where.database), self.stores.db
         label = self._recent_label(where)
         if label is None:  # no verdict this health interval: check now
@@ -303,6 +312,8 @@ class Rounds:
         made = origin_of(chroma, db, where.name)
         if made is not None and made["collection_id"] == chroma.open(where.name).id:
             label = replace(label, origin=(made["collection"], made["snapshot_id"]))
+        if note:
+            label = replace(label, note=note)
         return export_collection_to_postgres(
             chroma,
             db,

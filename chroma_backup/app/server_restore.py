@@ -234,7 +234,13 @@ def _run_workers(
             run.advance(records)
 
     worker_run = RunOptions(
-        batch_size=run.batch_size, read_workers=run.read_workers, progress=advance, stop=stop, read_page=run.read_page
+        batch_size=run.batch_size,
+        read_workers=run.read_workers,
+        progress=advance,
+        stop=stop,
+        read_page=run.read_page,
+        events=run.events,
+        stop_message=run.stop_message,
     )
     errors: list[BaseException] = []
 

@@ -13,6 +13,7 @@ from chroma_backup.app.retry import call_with_retry
 from chroma_backup.app.runtime import Backend
 from chroma_backup.chroma import ChromaStore
 from chroma_backup.chroma.store import server_address
+from chroma_backup.core.reading import EventSink
 from chroma_backup.postgres import Database
 from chroma_backup.settings import Settings
 
@@ -41,8 +42,12 @@ class Stores:
         stop: threading.Event | None = None,
         retry_jobs: bool = False,
         chroma_timeout: float | None = None,
+        events: EventSink | None = None,
+        stop_message: str = "interrupted by shutdown",
     ):
         self.backend = backend
+        self.events = events  # the daemon's notifications (runs tell it what they do)
+        self.stop_message = stop_message  # what a run stopped by ``stop`` says (a task: "cancelled")
         self.settings = backend.settings
         self.stop = stop
         self.retry_jobs = retry_jobs  # the daemon's rounds retry transient failures; the CLI's fail at once

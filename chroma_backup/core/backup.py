@@ -22,7 +22,7 @@ from chroma_backup.core.compare import COSINE_ULP_TOLERANCE, _rounded_only
 from chroma_backup.core.confirm import Tally, confirm_changes
 from chroma_backup.core.ports import ChromaPort, Chunk, Collection, DatabasePort, Row, SnapshotWriterPort
 from chroma_backup.core.reading import RunOptions, read_batches
-from chroma_backup.errors import BackupError, first_line
+from chroma_backup.errors import BackupError, ChromaFailure, ChromaUnavailable, first_line
 from chroma_backup.records import ContentDigest, RecordBatch, batch_rows, encode_metadata
 from chroma_backup.states import COMPLETE, SHRUNK
 
@@ -49,6 +49,7 @@ class SnapshotLabel:
     # (``baseline`` says against what), so a large deletion never becomes an ``ok`` baseline.
     min_records: int = 0
     baseline: str = ""
+    note: str | None = None  # an operator's label (backup --note)
 
 
 @dataclass
@@ -109,7 +110,12 @@ def export_collection_to_postgres(
         assert ref is not None
         db.catalog.fail_stale_runs(ref)
         snapshot_id = db.catalog.begin_snapshot(
-            ref, health=label.health, health_detail=label.detail, accepted=label.accepted, origin=label.origin
+            ref,
+            health=label.health,
+            health_detail=label.detail,
+            accepted=label.accepted,
+            origin=label.origin,
+            note=label.note,
         )
         copy = _Copy()
         step = "listing ids"
@@ -180,7 +186,12 @@ def _read_whole_if_small(chroma: ChromaPort, collection: Collection, dimension: 
     page per READ_PAGE_SIZE records.  None for a larger one (it is listed first and read by id, as
     always)."""
     limit = min(SMALL_COLLECTION, records_within(SMALL_ANSWER_BYTES, dimension), chroma.batch_size())
-    batch = chroma.fetch_first(collection, limit + 1)
+    try:
+        batch = chroma.fetch_first(collection, limit + 1)
+    except ChromaUnavailable:
+        raise
+    except ChromaFailure:  # e.g. Error finding id for a record deleted meanwhile: the tolerant path
+        return None
     return batch if len(batch) <= limit else None
 
 

@@ -17,6 +17,8 @@ from chroma_backup.records import RecordBatch, concat_batches
 
 T = TypeVar("T")
 Progress = Callable[[int], None]
+# (kind, collection, detail, data): what a run tells whoever listens (the daemon's notifications)
+EventSink = Callable[[str, "str | None", str, "dict[str, Any]"], None]
 
 
 def _no_progress(_: int) -> None:
@@ -34,6 +36,12 @@ class RunOptions:
     progress: Progress | None = None
     stop: threading.Event | None = None
     read_page: int = 0  # records per read request (0: as ``batch_size`` says)
+    events: EventSink | None = None
+    stop_message: str = "interrupted by shutdown"  # what an interruption says (a task: "cancelled")
+
+    def event(self, kind: str, collection: str | None, detail: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events(kind, collection, detail, data)
 
     @property
     def read_size(self) -> int:
@@ -45,7 +53,7 @@ class RunOptions:
 
     def check_stop(self, what: str) -> None:
         if self.stop is not None and self.stop.is_set():
-            raise Interrupted(f"{what} interrupted by shutdown")
+            raise Interrupted(f"{what} {self.stop_message}")
 
 
 class _Failure:

@@ -166,6 +166,15 @@ def restore_snapshot(
             target_database=chroma.database,
         )
         result.restore_id = restore_id
+        run.event(
+            "restore_started",
+            name,
+            f"restoring snapshot {snapshot.snapshot_id} into {target} ({request.trigger})",
+            snapshot_id=snapshot.snapshot_id,
+            target=target,
+            restore_id=restore_id,
+            trigger=request.trigger,
+        )
         created = False
         try:
             if chroma.exists(building):  # left behind by a killed restore: ours by its name
@@ -207,6 +216,14 @@ def restore_snapshot(
                 )
             except BackupError as second:
                 log.error("restore %d could not be recorded as failed: %s", restore_id, second)
+            run.event(
+                "restore_failed",
+                name,
+                f"restore of snapshot {snapshot.snapshot_id} into {target} failed: {first_line(error)}",
+                snapshot_id=snapshot.snapshot_id,
+                target=target,
+                restore_id=restore_id,
+            )
             raise
         db.restores.finish_restore(
             restore_id,
@@ -217,6 +234,17 @@ def restore_snapshot(
             differences=differences,
         )
         _forget_working_copy(db, restore_id)
+        run.event(
+            "restore_verified",
+            name,
+            f"restored snapshot {snapshot.snapshot_id} into {target}: {written} records, verified"
+            + (f"; configuration differs: {'; '.join(differences)}" if differences else ""),
+            snapshot_id=snapshot.snapshot_id,
+            target=target,
+            restore_id=restore_id,
+            records=written,
+            exact=not differences,
+        )
     result.differences = differences
     result.exact = not differences
     result.rounded = comparison.rounded

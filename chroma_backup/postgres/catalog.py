@@ -19,7 +19,7 @@ _SNAPSHOT_COLUMNS = """s.snapshot_id, s.collection_ref, c.name, c.tenant, c.data
     s.started_at, s.finished_at, s.record_count, s.added, s.updated, s.deleted, s.dimension,
     encode(s.content_digest, 'hex'), s.chroma_collection_id, s.collection_metadata::text,
     s.configuration_json, s.schema_json, s.server_version, s.health, s.forced, s.error,
-    s.health_detail, s.accepted, s.origin_collection, s.origin_snapshot_id, s.replica"""
+    s.health_detail, s.accepted, s.origin_collection, s.origin_snapshot_id, s.replica, s.pinned, s.note"""
 
 
 # SQL twin of Snapshot.healthy (alias s): the snapshots auto-recovery and the shrink baseline use.
@@ -94,18 +94,19 @@ class Catalog(Part):
         health_detail: str | None = None,
         accepted: bool = False,
         origin: tuple[str, int] | None = None,
+        note: str | None = None,
     ) -> int:
         """Insert the catalog row as ``running`` in its own transaction; returns its id.
 
         ``health`` is the verdict the snapshot is taken under; ``origin`` (collection, snapshot)
-        says which restore created the collection backed up."""
+        says which restore created the collection backed up; ``note`` is an operator's label."""
         origin_collection, origin_snapshot = origin or (None, None)
         with self.transaction("starting the snapshot") as cur:
             cur.execute(
                 self.tables.fmt(
                     "INSERT INTO {snap} (collection_ref, status, health, health_detail, accepted, "
-                    "origin_collection, origin_snapshot_id, backend_pid, host, replica) "
-                    "VALUES (%s, 'running', %s, %s, %s, %s, %s, pg_backend_pid(), %s, %s) RETURNING snapshot_id"
+                    "origin_collection, origin_snapshot_id, backend_pid, host, replica, note) "
+                    "VALUES (%s, 'running', %s, %s, %s, %s, %s, pg_backend_pid(), %s, %s, %s) RETURNING snapshot_id"
                 ),
                 (
                     collection_ref,
@@ -116,9 +117,23 @@ class Catalog(Part):
                     origin_snapshot,
                     socket.gethostname(),
                     self.session.settings.replica,
+                    note,
                 ),
             )
             return int(cur.fetchone()[0])
+
+    def pin(self, snapshot_id: int, pinned: bool, note: str | None = None) -> bool:
+        """Pin (or unpin) a complete snapshot, and set its note when one is given; False when no
+        complete snapshot has that id."""
+        with self.transaction("pinning the snapshot") as cur:
+            cur.execute(
+                self.tables.fmt(
+                    "UPDATE {snap} SET pinned = %s, note = coalesce(%s, note) WHERE snapshot_id = %s "
+                    "AND status = 'complete'"
+                ),
+                (pinned, note, snapshot_id),
+            )
+            return bool(cur.rowcount == 1)
 
     def fail_snapshot(self, snapshot_id: int, error: str) -> None:
         with self.transaction("marking the snapshot failed") as cur:

@@ -15,8 +15,9 @@ class Retention(Part):
         with self.transaction("reading snapshot ages") as cur:
             cur.execute(
                 self.tables.fmt(
-                    "SELECT snapshot_id, status, started_at, finished_at, status = 'complete' AND " + _HEALTHY + " "
-                    "FROM {snap} s WHERE collection_ref = %s AND status IN ('complete', 'failed') ORDER BY snapshot_id"
+                    "SELECT snapshot_id, status, started_at, finished_at, status = 'complete' AND " + _HEALTHY + ", "
+                    "pinned FROM {snap} s WHERE collection_ref = %s AND status IN ('complete', 'failed') "
+                    "ORDER BY snapshot_id"
                 ),
                 (collection_ref,),
             )

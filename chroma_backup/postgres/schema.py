@@ -130,6 +130,8 @@ def _migrations(tb: Tables) -> list[sql.Composed]:
         ),
         # 6: several daemons on one catalog: which one took a snapshot or ran a restore.
         tb.fmt("ALTER TABLE {snap} ADD COLUMN replica text; ALTER TABLE {rest} ADD COLUMN replica text"),
+        # 7: an operator pins a snapshot (never pruned) and labels snapshots with notes.
+        tb.fmt("ALTER TABLE {snap} ADD COLUMN pinned boolean NOT NULL DEFAULT false, ADD COLUMN note text"),
     ]
 
 

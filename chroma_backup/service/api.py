@@ -394,6 +394,21 @@ def create_app(
             raise ApiError(404, f"no task {task_id!r} (tasks are kept in memory until the daemon restarts)")
         return found.as_json()
 
+    @app.delete(
+        "/api/v1/tasks/{task_id}",
+        status_code=202,
+        responses=ERRORS,
+        dependencies=[Depends(require_token)],
+        summary="Cancel a task: a queued one never runs, a running one stops at its next batch",
+    )
+    def cancel(task_id: str) -> dict[str, Any]:
+        found = tasks.cancel(task_id)
+        if found is None:
+            raise ApiError(404, f"no task {task_id!r} (tasks are kept in memory until the daemon restarts)")
+        if found.state in ("complete", "failed") or (found.state == "cancelled" and found.started_at):
+            raise ApiError(409, f"task {task_id} already ended: {found.state}")
+        return found.as_json()
+
     @app.get("/", response_class=HTMLResponse, summary="Status page", include_in_schema=False)
     def status_page(request: Request) -> HTMLResponse:
         rows = read(lambda ops: ops.overview(schedule_info()))

@@ -70,6 +70,12 @@ class Metrics:
             ["collection"],
             registry=r,
         )
+        self.notify_failures = Counter(
+            "chroma_backup_notifications_failed",
+            "Notifications that could not be delivered, by target host (or queue, command)",
+            ["target"],
+            registry=r,
+        )
         self.server_wiped = Gauge(
             "chroma_backup_server_wiped",
             "1 while the last health round found every selected collection with backups gone at once",

@@ -27,10 +27,14 @@ class Api:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return requests.post(self.url + path, json=json, headers=headers, timeout=10)
 
+    def delete(self, path, token=TOKEN):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.delete(self.url + path, headers=headers, timeout=10)
+
     def finish(self, task_id, timeout=120):
         def done():
             task = self.get(f"/api/v1/tasks/{task_id}").json()
-            return task if task["state"] in ("complete", "failed") else None
+            return task if task["state"] in ("complete", "failed", "cancelled") else None
 
         return wait_for(done, timeout=timeout, what=f"task {task_id}")
 

@@ -28,7 +28,16 @@ def test_two_daemons_share_the_work_and_recover_a_lost_collection_once(env, tmp_
     names = [f"{name}-{i:02d}" for i in range(10)]
     for i, collection in enumerate(names):
         make_collection(client, collection, 60, seed=i)
-    fleet_env = {**env, **FAST, "CHROMA_COLLECTION_NAME": ",".join(names), "BACKUP_CONCURRENCY": "2"}
+    fleet_env = {
+        **env,
+        **FAST,
+        "CHROMA_COLLECTION_NAME": ",".join(names),
+        "BACKUP_CONCURRENCY": "2",
+        # the production defaults: one reader, small pages, adaptive pacing
+        "READ_WORKERS": "1",
+        "READ_PAGE_SIZE": "50",
+        "READ_RATE_ADAPTIVE": "true",
+    }
     a = daemons({**fleet_env, "REPLICA_NAME": "replica-a"}, tmp_path)
     b = daemons({**fleet_env, "REPLICA_NAME": "replica-b"}, tmp_path)
     url = env["DATABASE_URL"]
@@ -66,7 +75,7 @@ def test_two_daemons_share_the_work_and_recover_a_lost_collection_once(env, tmp_
         (killed_at,),
     )
     backed = {row[0] for row in recent}
-    assert backed >= {n for n in names if n != lost} | {lost + "_restored"}
+    assert backed >= {n for n in names if n != lost}  # (the list selects names: not the restored copy)
     assert b.terminate()[0] == 0
 
 

@@ -489,13 +489,13 @@ class ListingCutOff:
 
 def test_a_listing_cut_off_fails_the_run_as_chroma_unavailable_and_writes_nothing(stores, client, name):
     chroma, db = stores
-    make_collection(client, name, 50)
+    make_collection(client, name, 1500)  # more than a small collection read whole: it is listed first
     with pytest.raises(ChromaUnavailable, match="connection reset"):
         export_collection_to_postgres(ListingCutOff(chroma), db, name)
     assert [(s.status, s.error) for s in db.catalog.list_snapshots("default_tenant", "default_database", name)] == [
         ("failed", "listing ids: ChromaUnavailable: Chroma unreachable during listing ids: connection reset")
     ]
-    assert export_collection_to_postgres(chroma, db, name).records == 50
+    assert export_collection_to_postgres(chroma, db, name).records == 1500
 
 
 class FailingSwap:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from chroma_backup.chroma.pacing import FLOOR, ReadPacer
+from chroma_backup.chroma.pacing import DECREASE, FLOOR, ReadPacer
 
 
 class Clock:
@@ -46,13 +46,13 @@ def test_slow_answers_slow_the_reads_down_and_usual_ones_let_them_climb_back():
     assert pacer.rate == 0  # nothing to protect yet: not pacing
     pacer.observe(0.25, 250)  # ten times slower: the server is busy
     first = pacer.rate
-    assert first == pytest.approx(1000 * 0.7)  # started from what the server gave, reduced
+    assert first == pytest.approx(1000 * DECREASE)  # started from what the server gave, reduced
     clock.now += 0.5
     pacer.observe(0.25, 250)  # still slow, but within the cooldown: one signal
     assert pacer.rate == first
     clock.now += 1.5
     pacer.observe(0.25, 250)
-    assert pacer.rate == pytest.approx(first * 0.7)
+    assert pacer.rate == pytest.approx(first * DECREASE)
     for _ in range(400):  # usual answers again: the rate climbs, then pacing stops
         clock.now += 0.5
         pacer.observe(0.025, 250)

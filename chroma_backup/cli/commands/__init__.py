@@ -7,12 +7,14 @@ from chroma_backup.cli.commands import (
     demo,
     diff,
     health,
+    pin,
     prune,
     repair,
     restore,
     run,
     snapshots,
+    unpin,
     verify,
 )
 
-COMMANDS = [run, backup, snapshots, restore, verify, diff, health, repair, accept, prune, demo]
+COMMANDS = [run, backup, snapshots, restore, verify, diff, health, repair, accept, pin, unpin, prune, demo]

@@ -29,13 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no-op, kept for old scripts: every readable collection is backed up, labelled with its verdict",
     )
+    p.add_argument("--note", metavar="TEXT", help="label the snapshots (e.g. 'before the migration to 1.x')")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args: argparse.Namespace, ops: Operations) -> int:
     if args.force:
         log.info("backup --force is a no-op: every readable collection is backed up, labelled with its verdict")
-    results = ops.backup_round(args.collection, progress=lambda name: Progress(f"backup {name}", None, not args.json))
+    results = ops.backup_round(
+        args.collection, progress=lambda name: Progress(f"backup {name}", None, not args.json), note=args.note
+    )
     if args.json:
         emit_json([r.as_json() for r in results])
     else:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 
 from chroma_backup.app.operations import Operations
-from chroma_backup.cli.output import emit_json
+from chroma_backup.cli.output import emit_json, fmt_time
 
 NAME = "prune"
 SUMMARY = "apply the retention policy"
-HELP = "Apply the retention policy (RETENTION_DAYS, RETENTION_MIN_SNAPSHOTS)."
+HELP = (
+    "Apply the retention policy (RETENTION_DAYS, RETENTION_MIN_SNAPSHOTS, RETENTION_KEEP_*; pinned snapshots stay). "
+    "--dry-run lists every snapshot with the rules that keep it or why it goes."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,4 +34,7 @@ def run(args: argparse.Namespace, ops: Operations) -> int:
                     f"{r.collection}: {verb} {len(r.snapshots_deleted)} snapshots, {len(r.failed_runs_deleted)} "
                     f"failed runs, {r.versions_deleted} record versions"
                 )
+                if args.dry_run:
+                    for d in r.decisions:
+                        print(f"  {d.snapshot_id:>7}  {fmt_time(d.when)}  {'keep' if d.keep else 'GOES'}  {d.reason}")
     return 1 if any(r.skipped for r in results) else 0

@@ -33,6 +33,10 @@ def run(args: argparse.Namespace, ops: Operations) -> int:
     )
     for s in snapshots:
         notes = []
+        if s.pinned:
+            notes.append("PINNED")
+        if s.note:
+            notes.append(f"note: {s.note}")
         if s.accepted:
             notes.append("accepted by an operator")
         if s.origin_collection:
