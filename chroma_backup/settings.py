@@ -344,15 +344,16 @@ class Settings:
     )
     backup_concurrency: int = setting(
         "BACKUP_CONCURRENCY",
-        2,
-        "collections backed up at once in a round (each with connections of its own)",
-        integer(2, 1, 32),
+        1,
+        "collections backed up at once in a round (each with connections of its own); more helps only with "
+        "cores to spare",
+        integer(1, 1, 32),
     )
     health_concurrency: int = setting(
         "HEALTH_CONCURRENCY",
-        4,
+        2,
         "collections checked at once in a health round",
-        integer(4, 1, 64),
+        integer(2, 1, 64),
     )
     read_rate_limit: int = setting(
         "READ_RATE_LIMIT",

@@ -26,7 +26,6 @@ from chroma_backup.core.recovery import (
     Recovery,
     check_and_recover,
     gone,
-    origin_of,
     recover_collection,
     wait_to_confirm,
     wiped,
@@ -135,6 +134,7 @@ class Rounds:
         self.stores = stores
         self.names = names
         self.settings = stores.settings
+        self._targets: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # for one backup round
 
     def run_options(self, progress: Progress | None = None) -> RunOptions:
         s = self.settings
@@ -168,6 +168,7 @@ class Rounds:
         chosen = self.stores.maybe_retry(
             lambda: self.names.selected(requested, selected_collections), "list collections"
         )
+        self._targets.clear()
         results = self.each(
             chosen,
             lambda rounds, where: rounds._isolated_backup(where, progress, fresh_seconds, note),
@@ -309,7 +310,7 @@ class Rounds:
             if verdict.status == UNREACHABLE:
                 raise ChromaUnavailable(f"Chroma unreachable: {verdict.detail}")
             label = SnapshotLabel(verdict.status, verdict.detail)
-        made = origin_of(chroma, db, where.name)
+        made = self._recovery_targets(chroma).get(where.name)
         if made is not None and made["collection_id"] == chroma.open(where.name).id:
             label = replace(label, origin=(made["collection"], made["snapshot_id"]))
         if note:
@@ -323,27 +324,35 @@ class Rounds:
             upkeep=False,  # the round's, once
         )
 
+    def _recovery_targets(self, chroma: Any) -> dict[str, dict[str, Any]]:
+        """The collections restores created in the store's database, read once per backup round
+        (a snapshot's origin is a label: a restore made during the round labels the next one)."""
+        key = (chroma.database, chroma.address)
+        if key not in self._targets:
+            self._targets[key] = self.stores.db.restores.recovery_targets(
+                chroma.tenant, chroma.database, chroma.address
+            )
+        return self._targets[key]
+
     def _recent_label(self, where: Where) -> SnapshotLabel | None:
         """The label of the collection's verdict when the health job gave one within its
         interval (the health probe is not run again inside every backup), with the shrink
         check the backup's own listing then makes; None when there is no such verdict."""
         s, db = self.settings, self.stores.db
         ref = db.catalog.collection_ref(s.chroma_tenant, where.database, where.name)
-        latest = db.verdicts.latest(ref) if ref is not None else None
+        latest = db.verdicts.latest_with_baseline(ref) if ref is not None else None
         if latest is None or latest["status"] not in PRESENT:
             return None
         age = (datetime.now(timezone.utc) - latest["checked_at"]).total_seconds()
         if age > s.health_check_interval_minutes * 60:
             return None
-        assert ref is not None
-        baseline = db.catalog.latest_complete(ref, healthy_only=True)
-        minimum = int(s.health_min_record_ratio * baseline.records) if baseline and baseline.records else 0
+        records = latest["baseline_records"] or 0
         return SnapshotLabel(
             latest["status"],
             latest["detail"],
-            min_records=minimum,
-            baseline=f"{s.health_min_record_ratio:g} x {baseline.records} of snapshot {baseline.snapshot_id}"
-            if baseline
+            min_records=int(s.health_min_record_ratio * records),
+            baseline=f"{s.health_min_record_ratio:g} x {records} of snapshot {latest['baseline_id']}"
+            if records
             else "",
         )
 

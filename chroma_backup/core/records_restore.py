@@ -25,12 +25,13 @@ from datetime import datetime
 from typing import Any
 
 from chroma_backup.catalog import Snapshot
-from chroma_backup.core.compare import COSINE_ULP_TOLERANCE, _within_ulps
+from chroma_backup.core.compare import COSINE_ULP_TOLERANCE
 from chroma_backup.core.ports import ChromaPort, Collection, DatabasePort
 from chroma_backup.core.reading import RunOptions, read_flagging
 from chroma_backup.core.snapshots import resolve_snapshot, snapshot_info
 from chroma_backup.core.where import Where, matches
-from chroma_backup.errors import BackupError, UsageError, VerificationFailed, first_line
+from chroma_backup.core.writeback import finish_live_write, same_content, write_back
+from chroma_backup.errors import UsageError, first_line
 from chroma_backup.records import RecordBatch, batch_rows
 from chroma_backup.states import COMPLETE, FAILED, TRIGGER_CLI
 
@@ -158,10 +159,6 @@ def restore_records(
     return result
 
 
-def _same_content(live: Any, stored: Any, ulps: int) -> bool:
-    return bool(live[5] == stored[5] or (ulps and live[2:5] == stored[2:5] and _within_ulps(live[1], stored[1], ulps)))
-
-
 def _write_page(
     chroma: ChromaPort,
     collection: Collection,
@@ -179,7 +176,7 @@ def _write_page(
         if now is None:
             missing.append(row[0])
             write.append(index)
-        elif not _same_content(now, row, ulps):
+        elif not same_content(now, row, ulps):
             different.append(row[0])
             if mode != "missing":
                 write.append(index)
@@ -196,28 +193,10 @@ def _write_page(
         return
     chosen = batch.take(write)
     if not dry_run:
-        chroma.upsert(collection, chosen)
-        back, unreadable = read_flagging(chroma, collection, list(chosen.ids))
-        got = {row[0]: row for row in batch_rows(back)}
-        bad = [row[0] for row in batch_rows(chosen) if row[0] not in got or not _same_content(got[row[0]], row, ulps)]
-        if bad or unreadable:
-            raise VerificationFailed(
-                f"{len(bad or unreadable)} record(s) written back into {collection.name!r} do not read back as "
-                f"written (e.g. {(bad or unreadable)[0]!r})"
-            )
+        write_back(chroma, collection, chosen, ulps)
     result.written += len(chosen)
 
 
 def _finish(db: DatabasePort, result: RecordsRestoreResult, status: str, error: str | None) -> None:
     assert result.restore_id is not None
-    try:
-        db.restores.finish_restore(
-            result.restore_id,
-            status=status,
-            records=result.written,
-            verified=status == COMPLETE,
-            error=error,
-            counts=result.counts(),
-        )
-    except BackupError as second:
-        log.error("restore %d could not be recorded as %s: %s", result.restore_id, status, second)
+    finish_live_write(db, result.restore_id, status=status, records=result.written, counts=result.counts(), error=error)

@@ -26,13 +26,13 @@ from datetime import datetime
 from typing import IO, Any
 
 from chroma_backup.catalog import Snapshot
-from chroma_backup.core.compare import COSINE_ULP_TOLERANCE, _within_ulps
+from chroma_backup.core.compare import COSINE_ULP_TOLERANCE
 from chroma_backup.core.deep import GONE, UNINDEXED, UNREADABLE, DeepFindings, deep_scan
 from chroma_backup.core.ports import ChromaPort, Collection, DatabasePort
-from chroma_backup.core.reading import RunOptions, read_flagging
+from chroma_backup.core.reading import RunOptions
 from chroma_backup.core.snapshots import resolve_snapshot, snapshot_info
-from chroma_backup.errors import BackupError, VerificationFailed, first_line
-from chroma_backup.records import batch_rows
+from chroma_backup.core.writeback import finish_live_write, write_back
+from chroma_backup.errors import first_line
 from chroma_backup.states import COMPLETE, FAILED, TRIGGER_CLI
 
 log = logging.getLogger(__name__)
@@ -110,27 +110,10 @@ class _Rewriter:
             self.result.unrepairable_examples.extend(lacking[: max(0, room)])
         for batch in stored:
             if not self.dry_run:
-                self.chroma.upsert(self.collection, batch)
-                self._verify(batch)
+                write_back(self.chroma, self.collection, batch, self.ulps)
             self.result.rewritten += len(batch)
             self.result.by_kind[kind] += len(batch)
             self.run.advance(len(batch))
-
-    def _verify(self, written: Any) -> None:
-        back, unreadable = read_flagging(self.chroma, self.collection, list(written.ids))
-        live = {row[0]: row for row in batch_rows(back)}
-        bad = []
-        for row in batch_rows(written):
-            got = live.get(row[0])
-            if got is None or not (
-                got[5] == row[5] or (self.ulps and got[2:5] == row[2:5] and _within_ulps(got[1], row[1], self.ulps))
-            ):
-                bad.append(row[0])
-        if bad or unreadable:
-            raise VerificationFailed(
-                f"repair of {self.collection.name!r}: {len(bad)} record(s) written back do not read back as "
-                f"written (e.g. {(bad or unreadable)[0]!r})"
-            )
 
 
 class _Spool:
@@ -221,14 +204,4 @@ def repair_collection(
 
 
 def _finish(db: DatabasePort, restore_id: int, result: RepairResult, status: str, error: str | None) -> None:
-    try:
-        db.restores.finish_restore(
-            restore_id,
-            status=status,
-            records=result.rewritten,
-            verified=status == COMPLETE,
-            error=error,
-            counts=result.counts(),
-        )
-    except BackupError as second:
-        log.error("repair %d could not be recorded as %s: %s", restore_id, status, second)
+    finish_live_write(db, restore_id, status=status, records=result.rewritten, counts=result.counts(), error=error)

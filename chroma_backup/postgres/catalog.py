@@ -34,6 +34,18 @@ class Catalog(Part):
     """Collections (tenant, database, name) and the snapshot rows of their backups."""
 
     def collection_ref(self, tenant: str, database: str, name: str, *, create: bool = False) -> int | None:
+        """The collection's catalog row (made when ``create``); a row once found is remembered for
+        this connection's life (rows are never renumbered)."""
+        key = (tenant, database, name)
+        known = self.session.refs.get(key)
+        if known is not None:
+            return known
+        ref = self._collection_ref(tenant, database, name, create)
+        if ref is not None:
+            self.session.refs[key] = ref
+        return ref
+
+    def _collection_ref(self, tenant: str, database: str, name: str, create: bool) -> int | None:
         tb = self.tables
         with self.transaction("looking up the collection") as cur:
             cur.execute(

@@ -3,8 +3,8 @@
 Backup and verify stream the ids Chroma lists into a temporary table by COPY, read them back in
 the listing's order joined with the stored digests (a server-side cursor, a few thousand rows at a
 time), and find what is stored but not listed with one anti-join.  Whatever the collection's size,
-the process holds a page of ids, never all of them.  The tables live in the caller's transaction
-and are dropped when it ends.
+the process holds a page of ids, never all of them.  The tables are the connection's own and are
+emptied when the caller's transaction ends.
 """
 
 from __future__ import annotations
@@ -69,17 +69,20 @@ class IdListing:
     def load(self, pages: Iterable[list[str]]) -> int:
         """Stream the listing (pages of ids, in the collection's order) into the table."""
         cur = self._cur
-        cur.execute("SET LOCAL work_mem = '64MB'")  # the ordered join sorts in memory up to ~1M ids
-        # Every statement here is a bulk join of the whole listing: a nested loop is never right,
-        # and the planner picks one (quadratic: 30 s at 20k ids) whenever the record table's
-        # statistics are stale, e.g. right after its first backup.
-        cur.execute("SET LOCAL enable_nestloop = off")
+        # work_mem: the ordered join sorts in memory up to ~1M ids.  enable_nestloop: every
+        # statement here is a bulk join of the whole listing, a nested loop is never right, and
+        # the planner picks one (quadratic: 30 s at 20k ids) whenever the record table's
+        # statistics are stale, e.g. right after its first backup.  The tables are made once per
+        # connection and emptied at the end of every transaction (a round over a thousand small
+        # collections would otherwise create and drop two tables per collection); one round trip.
         cur.execute(
             sql.SQL(
-                "CREATE TEMP TABLE {} (ord bigint GENERATED ALWAYS AS IDENTITY, record_id text NOT NULL) ON COMMIT DROP"
-            ).format(LISTED)
+                "SET LOCAL work_mem = '64MB'; SET LOCAL enable_nestloop = off; "
+                "CREATE TEMP TABLE IF NOT EXISTS {listed} (ord bigint GENERATED ALWAYS AS IDENTITY, "
+                "record_id text NOT NULL) ON COMMIT DELETE ROWS; "
+                "CREATE TEMP TABLE IF NOT EXISTS {gone} (record_id text NOT NULL) ON COMMIT DELETE ROWS"
+            ).format(listed=LISTED, gone=GONE)
         )
-        cur.execute(sql.SQL("CREATE TEMP TABLE {} (record_id text NOT NULL) ON COMMIT DROP").format(GONE))
         lines = _IdLines(pages)
         try:
             cur.copy_expert(

@@ -184,6 +184,7 @@ class Session:
         self._conn: Any = None
         self._last_used = 0.0
         self.held_locks: set[tuple[str, str, str]] = set()
+        self.refs: dict[tuple[str, str, str], int] = {}  # (tenant, database, name) -> collection_ref, as found
 
     @property
     def is_open(self) -> bool:

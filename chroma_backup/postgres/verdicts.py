@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from chroma_backup.postgres.catalog import _HEALTHY
 from chroma_backup.postgres.session import Part, _jsonb
 
 
@@ -66,6 +67,25 @@ class HealthLog(Part):
                 if row
                 else None
             )
+
+    def latest_with_baseline(self, collection_ref: int) -> dict[str, Any] | None:
+        """The newest verdict (status, detail, checked_at) with the collection's newest snapshot
+        taken while ``ok`` (baseline_id, baseline_records; None when it has none), in one query:
+        what a backup labels its snapshot with."""
+        with self.transaction("reading the latest verdict and its baseline") as cur:
+            cur.execute(
+                self.tables.fmt(
+                    "SELECT h.status, h.detail, h.checked_at, b.snapshot_id, b.record_count FROM "
+                    "(SELECT status, detail, checked_at FROM {health} WHERE collection_ref = %s "
+                    " ORDER BY health_id DESC LIMIT 1) h LEFT JOIN LATERAL "
+                    "(SELECT s.snapshot_id, s.record_count FROM {snap} s WHERE s.collection_ref = %s "
+                    " AND s.status = 'complete' AND " + _HEALTHY + " ORDER BY s.snapshot_id DESC LIMIT 1) b ON true"
+                ),
+                (collection_ref, collection_ref),
+            )
+            row = cur.fetchone()
+            keys = ("status", "detail", "checked_at", "baseline_id", "baseline_records")
+            return dict(zip(keys, row, strict=True)) if row else None
 
     def status_since(self, collection_ref: int) -> tuple[str, datetime] | None:
         """The current health status of a collection and when it began."""
