@@ -999,7 +999,9 @@ def step(name: str) -> None:
 
 TARGETS = {
     "backup_rss_growth_mb": 64,
-    "backup_full/raw_read": 0.80,
+    # A first backup reads every record twice (the second read confirms what the first read:
+    # Chroma's get is not atomic against an upsert): twice the single read's 0.80.
+    "backup_full/raw_read": 1.60,
     "backup_nochange/raw_read": 0.75,
     "restore/raw_add": 1.05,
     "storage_24/storage_1": 1.2,

@@ -15,6 +15,7 @@ from chroma_backup.core import (
     verify_collection,
 )
 from chroma_backup.core.reading import RunOptions
+from chroma_backup.core.retention import RetentionPolicy
 from chroma_backup.errors import (
     ChromaUnavailable,
     CollectionBusy,
@@ -355,12 +356,10 @@ def test_prune_keeps_the_minimum_and_every_kept_snapshot_still_restores(stores, 
     before = version_count(db)
 
     dry = prune_snapshots(
-        db, tenant="default_tenant", database="default_database", retention_days=0, min_snapshots=2, dry_run=True
+        db, tenant="default_tenant", database="default_database", policy=RetentionPolicy(0, 2), dry_run=True
     )
     assert version_count(db) == before
-    [result] = prune_snapshots(
-        db, tenant="default_tenant", database="default_database", retention_days=0, min_snapshots=2
-    )
+    [result] = prune_snapshots(db, tenant="default_tenant", database="default_database", policy=RetentionPolicy(0, 2))
     assert result.snapshots_deleted == [s.snapshot_id for s in snapshots[:2]]
     assert len(result.failed_runs_deleted) == 1
     assert result.versions_deleted == dry[0].versions_deleted > 0
@@ -380,9 +379,7 @@ def test_prune_keeps_recent_snapshots_and_recent_failed_runs(stores, client, nam
         export_collection_to_postgres(chroma, db, name)
     ref = db.catalog.collection_ref("default_tenant", "default_database", name)
     db.catalog.fail_snapshot(db.catalog.begin_snapshot(ref, health=None), "test failure")
-    [result] = prune_snapshots(
-        db, tenant="default_tenant", database="default_database", retention_days=30, min_snapshots=1
-    )
+    [result] = prune_snapshots(db, tenant="default_tenant", database="default_database", policy=RetentionPolicy(30, 1))
     assert result.snapshots_deleted == [] and result.failed_runs_deleted == []
     statuses = [s.status for s in db.catalog.list_snapshots("default_tenant", "default_database", name)]
     assert statuses == ["failed", "complete", "complete", "complete"]

@@ -218,7 +218,9 @@ class ExplodingFetch:
         return self._inner.fetch(collection, ids)
 
     def fetch_first(self, collection, limit):
-        return self.fetch(collection, [])
+        if collection.name == self.victim:
+            raise TypeError("'<=' not supported between instances of 'NoneType' and 'float'")
+        return self._inner.fetch_first(collection, limit)
 
 
 @pytest.fixture
