@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from chroma_backup.app.names import Names, Where
 from chroma_backup.app.server_restore import restore_server
 from chroma_backup.app.stores import Stores
+from chroma_backup.app.workers import run_workers
 from chroma_backup.core.backup import BackupResult, SnapshotLabel, export_collection_to_postgres, record_table_upkeep
 from chroma_backup.core.confirm import Tally
 from chroma_backup.core.health import HealthVerdict, check_collection_health, missing_database_verdict
@@ -223,18 +224,7 @@ class Rounds:
             finally:
                 stores.close()
 
-        threads = [threading.Thread(target=worker, name=f"round-{i}", daemon=True) for i in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
-        except KeyboardInterrupt:
-            stop.set()  # every worker ends at its next batch
-            for thread in threads:
-                thread.join()
-            raise
+        run_workers(worker, concurrency, stop, "round")
         if errors:
             raise errors[0]
         return [done[index] for index in sorted(done)]

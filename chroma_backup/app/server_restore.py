@@ -22,6 +22,7 @@ from typing import Any
 
 from chroma_backup.app.runtime import Backend
 from chroma_backup.app.stores import Server, Stores
+from chroma_backup.app.workers import run_workers
 from chroma_backup.chroma import ChromaStore
 from chroma_backup.core.ports import ChromaPort
 from chroma_backup.core.reading import RunOptions
@@ -279,21 +280,7 @@ def _run_workers(
         finally:
             own.close()
 
-    threads = [
-        threading.Thread(target=worker, name=f"restore-all-{i}", daemon=True)
-        for i in range(max(1, min(parallel, pending.qsize())))
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
-    except KeyboardInterrupt:
-        stop.set()  # every worker ends at its next batch, rolling its collection back
-        for thread in threads:
-            thread.join()
-        raise
+    run_workers(worker, max(1, min(parallel, pending.qsize())), stop, "restore-all")
     if errors:
         raise errors[0]
 
