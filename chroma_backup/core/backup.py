@@ -130,7 +130,7 @@ def export_collection_to_postgres(
                 whole = _read_whole_if_small(chroma, collection, info.dimension)
                 if whole is not None:  # one request gave the ids and the content together
                     listed = writer.listing.load([whole.ids])
-                    pages = _from_memory(whole, writer.listing.chunks(size))
+                    pages = _from_memory(whole, writer.listing.chunks(max(size, len(whole))))
                 else:
                     listed = writer.listing.load(chroma.iter_ids(collection))
                     pages = read_batches(chroma, collection, writer.listing.chunks(size), run.read_workers)

@@ -65,6 +65,7 @@ class IdListing:
         self._stored = session.tables.fmt("SELECT record_id, digest FROM {t} WHERE collection_ref = %s AND " + visible)
         self._stored_params = (collection_ref, *params)
         self.count = 0
+        self._gone = False  # forget() wrote ids that _drop_gone must take out
 
     def load(self, pages: Iterable[list[str]]) -> int:
         """Stream the listing (pages of ids, in the collection's order) into the table."""
@@ -106,6 +107,10 @@ class IdListing:
             "SELECT l.record_id, s.digest FROM {listed} l LEFT JOIN ({stored}) s "
             "ON s.record_id = l.record_id ORDER BY l.ord"
         ).format(listed=LISTED, stored=self._stored)
+        if 0 < self.count <= FETCH_ROWS:  # a small listing: one round trip, no server-side cursor
+            self._cur.execute(query, self._stored_params)
+            yield from _in_chunks(self._cur.fetchall(), size)
+            return
         cursor = self._session.conn.cursor(name=f"chroma_backup_listing_{next(_cursor_names)}")
         try:
             cursor.execute(query, self._stored_params)
@@ -113,10 +118,7 @@ class IdListing:
                 rows = cursor.fetchmany(FETCH_ROWS)
                 if not rows:
                     return
-                for start in range(0, len(rows), size):
-                    yield [
-                        (rid, None if digest is None else bytes(digest)) for rid, digest in rows[start : start + size]
-                    ]
+                yield from _in_chunks(rows, size)
         finally:
             try:
                 cursor.close()
@@ -153,16 +155,20 @@ class IdListing:
         """Listed ids whose records were gone when read (deleted meanwhile): not in the collection."""
         if record_ids:
             self._cur.execute(sql.SQL("INSERT INTO {} SELECT unnest(%s::text[])").format(GONE), (record_ids,))
+            self._gone = True
 
     def _drop_gone(self) -> None:
         """Take the ids gone when read out of the listing (one set-wise join), so that "not
         listed" below means "not in the collection"."""
+        if not self._gone:
+            return
         self._cur.execute(
             sql.SQL("DELETE FROM {listed} l USING {gone} g WHERE l.record_id = g.record_id").format(
                 listed=LISTED, gone=GONE
             )
         )
         self._cur.execute(sql.SQL("TRUNCATE {}").format(GONE))
+        self._gone = False
 
     def close_unlisted(self, snapshot_id: int, collection_ref: int) -> int:
         """End the current version of every stored record the listing lacks (deleted as of
@@ -190,6 +196,11 @@ class IdListing:
         )
         rows = self._cur.fetchall()
         return (rows[0][1] if rows else 0), [row[0] for row in rows]
+
+
+def _in_chunks(rows: list[tuple[str, Any]], size: int) -> Iterator[Chunk]:
+    for start in range(0, len(rows), size):
+        yield [(rid, None if digest is None else bytes(digest)) for rid, digest in rows[start : start + size]]
 
 
 # Stored ids (alias s) that the listing lacks: an anti-join, never a per-row lookup.
