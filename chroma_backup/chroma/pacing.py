@@ -43,7 +43,9 @@ class ReadPacer:
         self._ceiling = self.limit or 0.0  # where additive increase stops
         self._tokens = self._rate * BURST_SECONDS
         self._stamp = clock()
-        self._recent: dict[int, deque[float]] = {}  # by size class: the bit length of the record count
+        # by kind of request and size class (the bit length of the record count): a read by ids
+        # and a read of a collection's first records cost the server differently per record
+        self._recent: dict[tuple[str, int], deque[float]] = {}
         self._last_decrease = -COOLDOWN
         self._last_increase = clock()
 
@@ -75,14 +77,15 @@ class ReadPacer:
             sleep(delay)
             waited += delay
 
-    def observe(self, seconds: float, records: int) -> None:
-        """An answer of ``records`` records took ``seconds``: adapt the rate to it."""
+    def observe(self, seconds: float, records: int, kind: str = "ids") -> None:
+        """An answer of ``records`` records took ``seconds``: adapt the rate to it (``kind``: what
+        was asked, compared only with answers to the same kind of request)."""
         if not self.adaptive or records <= 0:
             return
         per_record = seconds / records
         with self._lock:
             now = self._clock()
-            recent = self._recent.setdefault(records.bit_length(), deque(maxlen=WINDOW))
+            recent = self._recent.setdefault((kind, records.bit_length()), deque(maxlen=WINDOW))
             usual = min(recent) if recent else per_record
             recent.append(per_record)
             if per_record > SLOW * usual:

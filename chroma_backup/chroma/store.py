@@ -313,12 +313,13 @@ class ChromaStore:
             self.pacer.wait_for(limit)
         started = time.monotonic()
         body = self.transport.fetch("POST", self._path(collection.id, "get"), what, body=body_json)
+        seconds = time.monotonic() - started
         try:
             batch = decode_get(body)
         except MalformedAnswer as error:
             raise ChromaFailure(f"Chroma sent a malformed answer during {what}: {error}") from None
         if self.pacer is not None:
-            self.pacer.observe(time.monotonic() - started, max(1, len(batch)))
+            self.pacer.observe(seconds, max(1, len(batch)), kind="first")
         return batch
 
     def add(self, collection: Collection, batch: RecordBatch) -> None:

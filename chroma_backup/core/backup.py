@@ -129,8 +129,9 @@ def export_collection_to_postgres(
                 # was deleted) stays in PostgreSQL: memory does not grow with the collection.
                 whole = _read_whole_if_small(chroma, collection, info.dimension)
                 if whole is not None:  # one request gave the ids and the content together
+                    size = max(size, len(whole))  # and fits one request: so does its confirmation
                     listed = writer.listing.load([whole.ids])
-                    pages = _from_memory(whole, writer.listing.chunks(max(size, len(whole))))
+                    pages = _from_memory(whole, writer.listing.chunks(size))
                 else:
                     listed = writer.listing.load(chroma.iter_ids(collection))
                     pages = read_batches(chroma, collection, writer.listing.chunks(size), run.read_workers)

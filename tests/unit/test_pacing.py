@@ -59,6 +59,18 @@ def test_slow_answers_slow_the_reads_down_and_usual_ones_let_them_climb_back():
     assert pacer.rate == 0
 
 
+def test_answers_are_compared_only_with_answers_to_the_same_kind_of_request():
+    clock = Clock()
+    pacer = ReadPacer(adaptive=True, clock=clock)
+    for _ in range(50):  # a collection's first 1,000 records (a scan), then the same ids read back
+        clock.now += 0.5
+        pacer.observe(0.02, 1000, kind="first")
+        pacer.observe(0.06, 1000)  # by ids: three times the scan's time per record, every time
+    assert pacer.rate == 0  # usual for a read by ids: not a busy server
+    pacer.observe(0.6, 1000)  # ten times a read by ids' usual
+    assert pacer.rate > 0
+
+
 def test_a_429_or_503_halves_the_rate_at_once_and_never_below_the_floor():
     clock = Clock()
     pacer = ReadPacer(limit=4000, adaptive=True, clock=clock)
