@@ -107,7 +107,9 @@ class Chroma(LocalChroma):
         return self
 
 
-def settings_for(port: int, database_url: str, table: str):
+def settings_for(port: int, database_url: str, table: str, env: dict | None = None):
+    """The settings of a CLI run against the bench's server and catalog (COLLECTION unless
+    ``env`` says otherwise)."""
     from chroma_backup.settings import load_settings
 
     return load_settings(
@@ -117,6 +119,7 @@ def settings_for(port: int, database_url: str, table: str):
             "DATABASE_URL": database_url,
             "BACKUP_TABLE": table,
             "CHROMA_COLLECTION_NAME": COLLECTION,
+            **(env or {}),
         },
         env_file=None,
     )
@@ -375,19 +378,10 @@ def m_restore_server(path: str, database_url: str, table: str, parallel: int) ->
     """``restore --all`` as the CLI runs it, onto an empty server."""
     from chroma_backup.app.operations import Operations
     from chroma_backup.app.runtime import Backend
-    from chroma_backup.settings import load_settings
 
     with Chroma(Path(path)) as server:
-        settings = load_settings(
-            {
-                "CHROMADB_HOST": "127.0.0.1",
-                "CHROMADB_PORT": str(server.port),
-                "DATABASE_URL": database_url,
-                "BACKUP_TABLE": table,
-                "CHROMA_DATABASE": "*",
-                "CHROMA_COLLECTION_NAME": "*",
-            },
-            env_file=None,
+        settings = settings_for(
+            server.port, database_url, table, {"CHROMA_DATABASE": "*", "CHROMA_COLLECTION_NAME": "*"}
         )
         backend = Backend(settings)
         ops = Operations(backend)
@@ -525,19 +519,12 @@ def m_round(port: int, database_url: str, table: str, kind: str, concurrency: in
     """One backup or health round of every collection, as ``python main.py backup`` / ``health``."""
     from chroma_backup.app.operations import Operations
     from chroma_backup.app.runtime import Backend
-    from chroma_backup.settings import load_settings
 
-    settings = load_settings(
-        {
-            "CHROMADB_HOST": "127.0.0.1",
-            "CHROMADB_PORT": str(port),
-            "DATABASE_URL": database_url,
-            "BACKUP_TABLE": table,
-            "CHROMA_COLLECTION_NAME": "*",
-            "BACKUP_CONCURRENCY": str(concurrency),
-            "HEALTH_CONCURRENCY": str(concurrency),
-        },
-        env_file=None,
+    settings = settings_for(
+        port,
+        database_url,
+        table,
+        {"CHROMA_COLLECTION_NAME": "*", "BACKUP_CONCURRENCY": str(concurrency), "HEALTH_CONCURRENCY": str(concurrency)},
     )
     backend = Backend(settings)
     ops = Operations(backend)
@@ -667,19 +654,8 @@ def m_timed_backup(port: int, database_url: str, table: str, env: dict) -> dict:
     """A full backup as the CLI's round runs it, with the pacing settings in ``env``."""
     from chroma_backup.app.operations import Operations
     from chroma_backup.app.runtime import Backend
-    from chroma_backup.settings import load_settings
 
-    settings = load_settings(
-        {
-            "CHROMADB_HOST": "127.0.0.1",
-            "CHROMADB_PORT": str(port),
-            "DATABASE_URL": database_url,
-            "BACKUP_TABLE": table,
-            "CHROMA_COLLECTION_NAME": COLLECTION,
-            **env,
-        },
-        env_file=None,
-    )
+    settings = settings_for(port, database_url, table, env)
     backend = Backend(settings)
     ops = Operations(backend)
     try:
